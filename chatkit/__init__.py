@@ -1,0 +1,167 @@
+"""chatkit: an async-first streaming chat SDK.
+
+``import chatkit`` stays cheap: names are loaded from their modules on first
+use (pydantic and aiohttp cost hundreds of milliseconds to import).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "AsyncChatStream": "chatkit._streaming",
+    "AsyncClient": "chatkit._client",
+    "Attempt": "chatkit._retry",
+    "ChatCompletion": "chatkit._types",
+    "ChatCompletionChunk": "chatkit._types",
+    "ChatCompletionMessage": "chatkit._types",
+    "ChatRequest": "chatkit._request",
+    "Choice": "chatkit._types",
+    "ChoiceDelta": "chatkit._types",
+    "ChoiceDeltaToolCall": "chatkit._types",
+    "ChunkChoice": "chatkit._types",
+    "CompletionUsage": "chatkit._types",
+    "Model": "chatkit._types",
+    "RetryPolicy": "chatkit._retry",
+    "Timeout": "chatkit._config",
+    "ToolCall": "chatkit._types",
+}
+_ERRORS = (
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ChatkitError",
+    "ConflictError",
+    "InternalServerError",
+    "InvalidRequestError",
+    "MissingAuthError",
+    "ModelNotFoundError",
+    "NotFoundError",
+    "OverloadedError",
+    "PermissionDeniedError",
+    "ProviderNotFoundError",
+    "ProxyConfigError",
+    "ProxyError",
+    "RateLimitError",
+    "ResponseDecodeError",
+    "RetryNoProviderError",
+    "RetryProviderError",
+    "SSEDecodeError",
+    "StreamInterrupted",
+    "UnprocessableEntityError",
+    "UnsupportedCapabilityError",
+)
+_EXPORTS.update(dict.fromkeys(_ERRORS, "chatkit._errors"))
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncChatStream",
+    "AsyncClient",
+    "Attempt",
+    "AuthenticationError",
+    "BadRequestError",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionMessage",
+    "ChatRequest",
+    "ChatkitError",
+    "Choice",
+    "ChoiceDelta",
+    "ChoiceDeltaToolCall",
+    "ChunkChoice",
+    "CompletionUsage",
+    "ConflictError",
+    "InternalServerError",
+    "InvalidRequestError",
+    "MissingAuthError",
+    "Model",
+    "ModelNotFoundError",
+    "NotFoundError",
+    "OverloadedError",
+    "PermissionDeniedError",
+    "ProviderNotFoundError",
+    "ProxyConfigError",
+    "ProxyError",
+    "RateLimitError",
+    "ResponseDecodeError",
+    "RetryNoProviderError",
+    "RetryPolicy",
+    "RetryProviderError",
+    "SSEDecodeError",
+    "StreamInterrupted",
+    "Timeout",
+    "ToolCall",
+    "UnprocessableEntityError",
+    "UnsupportedCapabilityError",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'chatkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from chatkit._client import AsyncClient
+    from chatkit._config import Timeout
+    from chatkit._errors import (
+        APIConnectionError,
+        APIError,
+        APIStatusError,
+        APITimeoutError,
+        AuthenticationError,
+        BadRequestError,
+        ChatkitError,
+        ConflictError,
+        InternalServerError,
+        InvalidRequestError,
+        MissingAuthError,
+        ModelNotFoundError,
+        NotFoundError,
+        OverloadedError,
+        PermissionDeniedError,
+        ProviderNotFoundError,
+        ProxyConfigError,
+        ProxyError,
+        RateLimitError,
+        ResponseDecodeError,
+        RetryNoProviderError,
+        RetryProviderError,
+        SSEDecodeError,
+        StreamInterrupted,
+        UnprocessableEntityError,
+        UnsupportedCapabilityError,
+    )
+    from chatkit._request import ChatRequest
+    from chatkit._retry import Attempt, RetryPolicy
+    from chatkit._streaming import AsyncChatStream
+    from chatkit._types import (
+        ChatCompletion,
+        ChatCompletionChunk,
+        ChatCompletionMessage,
+        Choice,
+        ChoiceDelta,
+        ChoiceDeltaToolCall,
+        ChunkChoice,
+        CompletionUsage,
+        Model,
+        ToolCall,
+    )

@@ -1,0 +1,110 @@
+"""Plain configuration values: timeouts, environment look-ups, URL checks, redaction."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit, urlunsplit
+
+from chatkit._errors import InvalidRequestError
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "Timeout",
+    "check_base_url",
+    "coerce_timeout",
+    "env_value",
+    "redact_url",
+]
+
+
+def _check_seconds(value: object, field: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequestError(
+            f"{field} must be a number of seconds or None, got {type(value).__name__}",
+            field=field,
+        )
+    if math.isnan(value) or value <= 0:
+        raise InvalidRequestError(f"{field} must be > 0 seconds, got {value!r}", field=field)
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Timeout:
+    """How long chatkit waits, in seconds; ``None`` means no limit.
+
+    connect: to open the TCP/TLS/proxy connection.
+    read: the longest silence between bytes of a response.
+    first_token: the longest wait, per attempt, for the first content of an answer.
+    total: the whole call, every retry and backoff sleep included.
+    """
+
+    connect: float | None = 10.0
+    read: float | None = 60.0
+    first_token: float | None = None
+    total: float | None = 600.0
+
+    def __post_init__(self) -> None:
+        for name in ("connect", "read", "first_token", "total"):
+            object.__setattr__(self, name, _check_seconds(getattr(self, name), f"timeout.{name}"))
+
+    def with_total(self, total: float | None) -> Timeout:
+        return replace(self, total=total)
+
+
+DEFAULT_TIMEOUT = Timeout()
+
+
+def coerce_timeout(value: object, field: str = "timeout") -> Timeout | None:
+    """Accept a ``Timeout``, a number (the total) or None (meaning: use the default)."""
+    if value is None or isinstance(value, Timeout):
+        return value
+    total = _check_seconds(value, field)
+    return DEFAULT_TIMEOUT.with_total(total)
+
+
+def env_value(*names: str) -> str | None:
+    """The first non-empty environment variable among ``names``."""
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+_SCHEMES = ("http", "https")
+
+
+def check_base_url(url: object, field: str = "base_url") -> str:
+    """Validate an API base URL and return it without a trailing slash."""
+    if not isinstance(url, str):
+        raise InvalidRequestError(f"{field} must be a string URL", field=field)
+    parts = urlsplit(url)
+    if parts.scheme not in _SCHEMES or not parts.hostname:
+        raise InvalidRequestError(
+            f"{field} must be an absolute http(s) URL such as http://127.0.0.1:8000/v1,"
+            f" got {redact_url(url)!r}",
+            field=field,
+        )
+    return url.rstrip("/")
+
+
+_USERINFO = re.compile(r"//[^/@\s]*@")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any ``user:password@`` replaced, safe for logs, reprs and errors."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _USERINFO.sub("//***@", url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))

@@ -1,0 +1,158 @@
+"""``AsyncChatStream``: what ``create(..., stream=True)`` returns.
+
+It is both an async iterator (g4f style: ``async for c in create(...)``) and
+an awaitable (openai style: ``stream = await create(...)``). Awaiting runs the
+call up to its first chunk, so an error status surfaces at the ``await``.
+Leaving it early closes the upstream response: ``aclose()``, ``async with``,
+and, for a stream nobody holds any more, garbage collection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Generator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from chatkit._assemble import CompletionBuilder
+from chatkit._types import ChatCompletion, ChatCompletionChunk, CompletionUsage
+
+if TYPE_CHECKING:
+    from chatkit._retry import Attempt
+
+__all__ = ["AsyncChatStream"]
+
+
+class AsyncChatStream:
+    """A streamed answer. Iterate it once; read ``text`` and the rest any time."""
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[ChatCompletionChunk],
+        *,
+        abort: Any = None,
+        attempts: list[Attempt] | None = None,
+        on_close: Any = None,
+    ) -> None:
+        self._chunks = chunks
+        self._abort = abort
+        self._on_close = on_close
+        self._builder = CompletionBuilder()
+        self._first: ChatCompletionChunk | None = None
+        self._started = False
+        self._done = False
+        self._closed = False
+        self.attempts: list[Attempt] = attempts if attempts is not None else []
+
+    # -- iteration -----------------------------------------------------------
+
+    def __aiter__(self) -> AsyncChatStream:
+        return self
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        first = self._first
+        if first is not None:
+            self._first = None
+            return first
+        if self._done:
+            raise StopAsyncIteration
+        self._started = True
+        try:
+            chunk = await self._chunks.__anext__()
+        except StopAsyncIteration:
+            await self._finish()
+            raise
+        except BaseException:
+            await self._finish()
+            raise
+        self._builder.add(chunk)
+        return chunk
+
+    def __await__(self) -> Generator[Any, None, AsyncChatStream]:
+        return self._start().__await__()
+
+    async def _start(self) -> AsyncChatStream:
+        if not self._started:
+            try:
+                self._first = await self.__anext__()
+            except StopAsyncIteration:
+                pass
+        return self
+
+    # -- results -------------------------------------------------------------
+
+    @property
+    def text(self) -> str:
+        """The first choice's content received so far."""
+        return self._builder.text
+
+    @property
+    def usage(self) -> CompletionUsage | None:
+        return self._builder.usage
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._builder.finish_reason
+
+    @property
+    def provider(self) -> str | None:
+        """Which provider answered (known from the first chunk on)."""
+        return self._builder.provider
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def get_final_completion(self) -> ChatCompletion:
+        """The completion assembled from every chunk received so far."""
+        completion = self._builder.build()
+        completion._attempts = self.attempts
+        return completion
+
+    async def until_done(self) -> ChatCompletion:
+        """Read the rest of the stream and return the final completion."""
+        async for _ in self:
+            pass
+        return self.get_final_completion()
+
+    # -- closing -------------------------------------------------------------
+
+    async def _finish(self) -> None:
+        self._done = True
+        if self._closed:
+            return
+        self._closed = True
+        aclose = getattr(self._chunks, "aclose", None)
+        try:
+            if aclose is not None:
+                await aclose()
+        finally:
+            if self._on_close is not None:
+                await self._on_close()
+
+    async def aclose(self) -> None:
+        """Stop the stream and close the upstream response. Idempotent."""
+        self._first = None
+        await self._finish()
+
+    close = aclose
+
+    async def __aenter__(self) -> AsyncChatStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        # A stream abandoned mid-way (``break`` out of ``async for create(...)``)
+        # must not keep its connection: drop it synchronously, here and now.
+        if not self._closed and self._abort is not None:
+            self._abort()
+
+    def __repr__(self) -> str:
+        state = "done" if self._done else "open"
+        return f"<AsyncChatStream provider={self.provider!r} {state} text={self.text[:40]!r}>"

@@ -1,0 +1,155 @@
+"""OpenAI-compatible response types.
+
+Every model keeps unknown wire fields (``extra="allow"``): a vendor adding a
+field must never break a caller. Chunks are built straight from the SSE bytes
+with ``model_validate_json``; no dict round-trips on the hot path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+__all__ = [
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionMessage",
+    "Choice",
+    "ChoiceDelta",
+    "ChoiceDeltaFunctionCall",
+    "ChoiceDeltaToolCall",
+    "ChunkChoice",
+    "CompletionUsage",
+    "Function",
+    "Model",
+    "ToolCall",
+    "set_provider",
+]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+
+class CompletionUsage(_Wire):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ChoiceDeltaFunctionCall(_Wire):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ChoiceDeltaToolCall(_Wire):
+    index: int = 0
+    id: str | None = None
+    type: str | None = None
+    function: ChoiceDeltaFunctionCall | None = None
+
+
+class ChoiceDelta(_Wire):
+    role: str | None = None
+    content: str | None = None
+    reasoning_content: str | None = None
+    refusal: str | None = None
+    tool_calls: list[ChoiceDeltaToolCall] | None = None
+
+
+class ChunkChoice(_Wire):
+    index: int = 0
+    delta: ChoiceDelta = ChoiceDelta()
+    finish_reason: str | None = None
+    logprobs: Any = None
+
+
+class ChatCompletionChunk(_Wire):
+    id: str = ""
+    object: str = "chat.completion.chunk"
+    created: int = 0
+    model: str = ""
+    choices: list[ChunkChoice] = []
+    usage: CompletionUsage | None = None
+    system_fingerprint: str | None = None
+    provider: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The first choice's content delta, or ``""`` (also for usage-only chunks)."""
+        if self.choices:
+            return self.choices[0].delta.content or ""
+        return ""
+
+    @property
+    def has_content(self) -> bool:
+        """True when the chunk carries text, reasoning or a tool call: the commit point."""
+        for choice in self.choices:
+            delta = choice.delta
+            if delta.content or delta.reasoning_content or delta.tool_calls or delta.refusal:
+                return True
+        return False
+
+
+class Function(_Wire):
+    name: str = ""
+    arguments: str = ""
+
+
+class ToolCall(_Wire):
+    id: str = ""
+    type: Literal["function"] | str = "function"
+    function: Function = Function()
+
+
+class ChatCompletionMessage(_Wire):
+    role: str = "assistant"
+    content: str | None = None
+    reasoning_content: str | None = None
+    refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class Choice(_Wire):
+    index: int = 0
+    message: ChatCompletionMessage = ChatCompletionMessage()
+    finish_reason: str | None = None
+    logprobs: Any = None
+
+
+class ChatCompletion(_Wire):
+    id: str = ""
+    object: str = "chat.completion"
+    created: int = 0
+    model: str = ""
+    choices: list[Choice] = []
+    usage: CompletionUsage | None = None
+    system_fingerprint: str | None = None
+    provider: str | None = None
+    _attempts: list[Any] = PrivateAttr(default_factory=list)
+
+    @property
+    def attempts(self) -> list[Any]:
+        """Every attempt made to produce this answer (see ``chatkit.Attempt``)."""
+        return self._attempts
+
+    @property
+    def text(self) -> str:
+        """The first choice's message content, or ``""``."""
+        if self.choices:
+            return self.choices[0].message.content or ""
+        return ""
+
+
+class Model(_Wire):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = ""
+    provider: str | None = None
+
+
+def set_provider(obj: ChatCompletionChunk | ChatCompletion, provider: str | None) -> None:
+    """Stamp who answered, bypassing validation: this runs once per chunk."""
+    obj.__dict__["provider"] = provider
