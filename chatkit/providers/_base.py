@@ -16,14 +16,17 @@ Optional extras chatkit uses when present:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from chatkit._errors import UnsupportedCapabilityError
 
 if TYPE_CHECKING:
     from chatkit._request import ChatRequest
     from chatkit._transport import HTTPClient
     from chatkit._types import ChatCompletionChunk
 
-__all__ = ["Provider", "provider_name"]
+__all__ = ["Capabilities", "Provider", "provider_name"]
 
 
 @runtime_checkable
@@ -42,3 +45,48 @@ def provider_name(provider: Any) -> str:
         return name
     cls = provider if isinstance(provider, type) else type(provider)
     return cls.__name__
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a provider's API can do; requests needing more fail before any I/O."""
+
+    streaming: bool = True
+    tools: bool = True
+    vision: bool = True
+    json_object: bool = True
+    json_schema: bool = True
+    system_message: bool = True
+
+    def missing_for(self, request: ChatRequest) -> str | None:
+        """The first capability ``request`` needs and this provider lacks, or None."""
+        if request.params.get("tools") and not self.tools:
+            return "tools"
+        response_format = request.params.get("response_format") or {}
+        kind = response_format.get("type") if isinstance(response_format, dict) else None
+        if kind == "json_schema" and not self.json_schema:
+            return "json_schema"
+        if kind == "json_object" and not self.json_object:
+            return "json_object"
+        roles = {m.get("role") for m in request.messages}
+        if roles & {"system", "developer"} and not self.system_message:
+            return "system_message"
+        if not self.vision and any(_has_image(m) for m in request.messages):
+            return "vision"
+        return None
+
+    def check(self, request: ChatRequest, provider: str) -> None:
+        """Raise ``UnsupportedCapabilityError`` if ``request`` needs what is missing."""
+        missing = self.missing_for(request)
+        if missing is not None:
+            raise UnsupportedCapabilityError(
+                f"{provider} does not support {missing}, which this request needs",
+                field=missing,
+            )
+
+
+def _has_image(message: dict[str, Any]) -> bool:
+    content = message.get("content")
+    if not isinstance(content, list):
+        return False
+    return any(isinstance(p, dict) and p.get("type") == "image_url" for p in content)

@@ -25,6 +25,7 @@ from chatkit._request import ChatRequest
 from chatkit._sse import SSEDecoder
 from chatkit._transport import HTTPClient
 from chatkit._types import ChatCompletion, ChatCompletionChunk, Model, set_provider
+from chatkit.providers._base import Capabilities
 
 __all__ = ["OpenAI"]
 
@@ -43,6 +44,7 @@ class OpenAI:
     base_url_env: ClassVar[tuple[str, ...]] = ("OPENAI_BASE_URL",)
     default_model: str = "gpt-4o-mini"
     requires_key: ClassVar[bool] = True
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __init__(
         self,
@@ -82,13 +84,20 @@ class OpenAI:
         key = "set" if self._api_key else "none"
         return f"{type(self).__name__}(base_url={self.base_url!r}, api_key={key})"
 
-    def _request_headers(self, request: ChatRequest) -> dict[str, str]:
-        headers = {"Accept": "text/event-stream" if request.stream else "application/json"}
+    def check_request(self, request: ChatRequest) -> None:
+        """Fail before I/O when the request needs a capability this API lacks."""
+        self.capabilities.check(request, self.name)
+
+    def _auth_headers(self, accept: str) -> dict[str, str]:
+        headers = {"Accept": accept}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         headers.update(self._headers)
-        headers.update(request.extra_headers)
         return headers
+
+    def _request_headers(self, request: ChatRequest) -> dict[str, str]:
+        accept = "text/event-stream" if request.stream else "application/json"
+        return {**self._auth_headers(accept), **request.extra_headers}
 
     def _body(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -183,7 +192,7 @@ class OpenAI:
             "GET",
             f"{self.base_url}/models",
             provider=self.name,
-            headers={k: v for k, v in self._request_headers_for_get().items()},
+            headers=self._auth_headers("application/json"),
             proxy_settings=self.proxy_settings,
         ) as response:
             payload = await response.json()
@@ -195,10 +204,3 @@ class OpenAI:
                 model.provider = self.name
                 models.append(model)
         return models
-
-    def _request_headers_for_get(self) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        headers.update(self._headers)
-        return headers
