@@ -129,7 +129,7 @@ class OpenAI:
                         done = True
                         break
                     chunk = self._parse(validate, event.data, event.event)
-                    if chunk.choices and chunk.choices[0].finish_reason is not None:
+                    if chunk.choices and chunk.choices[0].finish_reason:
                         finished = True
                     set_provider(chunk, name)
                     yield chunk
