@@ -9,19 +9,29 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, overload
+
+from pydantic import BaseModel, ValidationError
 
 from chatkit._config import DEFAULT_TIMEOUT, check_base_url, coerce_timeout
-from chatkit._errors import InvalidRequestError
+from chatkit._errors import InvalidRequestError, ResponseDecodeError
 from chatkit._proxy import ProxySettings
 from chatkit._request import ChatRequest, build_request
 from chatkit._retry import RetryingCall, RetryPolicy
 from chatkit._streaming import AsyncChatStream
 from chatkit._transport import HTTPClient, Transport
 from chatkit._types import ChatCompletion, Model
-from chatkit.providers import PROVIDERS, OpenAI, get_provider_class, provider_name
+from chatkit.providers import (
+    PROVIDERS,
+    OpenAI,
+    default_provider_class,
+    get_provider_class,
+    provider_name,
+)
 
-__all__ = ["AsyncClient"]
+__all__ = ["AsyncClient", "parse_content"]
+
+BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
 
 
 def _check_headers(value: object, field: str) -> dict[str, str]:
@@ -47,9 +57,9 @@ class AsyncClient:
 
     ``provider`` is a provider instance, a provider class (instantiated with
     ``api_key`` / ``base_url``), a registered name such as ``"openai"``, or
-    None: then ``base_url`` makes an OpenAI-compatible provider, or the model
-    string's ``"name:"`` prefix picks one per call, or ``OpenAI()`` from the
-    environment.
+    None: then ``base_url`` makes an OpenAI-compatible provider, or, per call,
+    the model string's ``"name:"`` prefix picks one, or the first provider
+    whose API key is set in the environment, or the embedded local model.
     """
 
     def __init__(
@@ -131,7 +141,7 @@ class AsyncClient:
             return self._instantiate(override), request
         if self._provider is not None:
             return self._provider, request
-        return self._instantiate(prefix or OpenAI), request
+        return self._instantiate(prefix or default_provider_class()), request
 
     def _start(
         self, override: Any, request: ChatRequest, proxy: object
@@ -147,7 +157,9 @@ class AsyncClient:
         if getattr(provider, "handles_retries", False) and own_call is not None:
             call: RetryingCall = own_call(request, http)
         else:
-            call = RetryingCall([provider], request, http, self._policy, label=str(provider_name(provider)))
+            call = RetryingCall(
+                [provider], request, http, self._policy, label=str(provider_name(provider))
+            )
         return call, http
 
     # -- lifecycle -----------------------------------------------------------
@@ -233,6 +245,51 @@ class _Completions:
             return AsyncChatStream(call.stream(), abort=http.abort, attempts=call.attempts)
         return call.complete()
 
+    async def parse(
+        self,
+        messages: Any = None,
+        model: str = "",
+        *,
+        response_format: type[BaseModelT],
+        **kwargs: Any,
+    ) -> BaseModelT:
+        """Ask for JSON matching a pydantic model and return the validated object.
+
+        The model's JSON schema is sent as ``response_format`` (``json_schema``);
+        an answer that does not validate raises ``ResponseDecodeError``.
+        """
+        if not (isinstance(response_format, type) and issubclass(response_format, BaseModel)):
+            raise InvalidRequestError(
+                "response_format must be a pydantic model class", field="response_format"
+            )
+        if kwargs.get("stream"):
+            raise InvalidRequestError("parse() does not stream", field="stream")
+        kwargs.pop("stream", None)
+        schema = {
+            "type": "json_schema",
+            "json_schema": {
+                "name": response_format.__name__,
+                "schema": response_format.model_json_schema(),
+            },
+        }
+        completion = await self.create(messages, model, response_format=schema, **kwargs)
+        return parse_content(completion, response_format)
+
+
+def parse_content(completion: ChatCompletion, model: type[BaseModelT]) -> BaseModelT:
+    """Validate a completion's JSON answer (tolerating a Markdown code fence)."""
+    text = completion.text.strip()
+    if text.startswith("```"):
+        text = text.split("\n", 1)[-1].rsplit("```", 1)[0]
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as exc:
+        raise ResponseDecodeError(
+            f"{completion.provider}: the answer is not a valid {model.__name__}:"
+            f" {exc.errors()[0].get('msg', exc)}; answer was {text[:200]!r}",
+            provider=completion.provider,
+        ) from exc
+
 
 class _Chat:
     def __init__(self, client: AsyncClient) -> None:
@@ -246,13 +303,17 @@ class _Models:
     async def list(self, provider: Any = None) -> list[Model]:
         """The models the provider offers, from its list endpoint."""
         chosen = self._client._instantiate(provider) if provider is not None else None
-        chosen = chosen or self._client._provider or self._client._instantiate(OpenAI)
+        chosen = (
+            chosen or self._client._provider or self._client._instantiate(default_provider_class())
+        )
         lister = getattr(chosen, "list_models", None)
         if lister is None:
             raise InvalidRequestError(
                 f"{provider_name(chosen)} has no model list endpoint", field="provider"
             )
-        http = self._client._transport.call(timeout=self._client._timeout, headers=self._client._headers)
+        http = self._client._transport.call(
+            timeout=self._client._timeout, headers=self._client._headers
+        )
         http.start()
         models: list[Model] = await lister(http)
         return models

@@ -92,7 +92,9 @@ def _check_parts(parts: Sequence[Any], where: str) -> None:
             raise _fail(f"a content part must be a dict, got {type(part).__name__}", here)
         kind = part.get("type")
         if kind not in PART_TYPES:
-            raise _fail(f"unknown content part type {kind!r}; use one of {sorted(PART_TYPES)}", here)
+            raise _fail(
+                f"unknown content part type {kind!r}; use one of {sorted(PART_TYPES)}", here
+            )
         if kind == "text" and not isinstance(part.get("text"), str):
             raise _fail("a text part needs a string 'text'", f"{here}.text")
         if kind == "image_url":
@@ -166,9 +168,7 @@ def _check_params(params: Mapping[str, Any]) -> dict[str, Any]:
             continue
         expected = OPENAI_PARAMS.get(name)
         if expected is None:
-            raise _fail(
-                "unknown parameter; pass vendor-specific fields in extra_body={...}", name
-            )
+            raise _fail("unknown parameter; pass vendor-specific fields in extra_body={...}", name)
         wrong_bool = isinstance(value, bool) and bool not in expected
         if wrong_bool or not isinstance(value, expected):
             names = " or ".join(t.__name__ for t in expected)

@@ -9,6 +9,7 @@ and, for a stream nobody holds any more, garbage collection.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -72,10 +73,8 @@ class AsyncChatStream:
 
     async def _start(self) -> AsyncChatStream:
         if not self._started:
-            try:
+            with contextlib.suppress(StopAsyncIteration):
                 self._first = await self.__anext__()
-            except StopAsyncIteration:
-                pass
         return self
 
     # -- results -------------------------------------------------------------

@@ -39,7 +39,9 @@ async def client(server: FakeOpenAIServer) -> Any:
         yield made
 
 
-async def test_non_streamed_completion(client: chatkit.AsyncClient, server: FakeOpenAIServer) -> None:
+async def test_non_streamed_completion(
+    client: chatkit.AsyncClient, server: FakeOpenAIServer
+) -> None:
     reply = await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
     assert isinstance(reply, ChatCompletion)
     assert reply.choices[0].message.content == ANSWER

@@ -38,7 +38,9 @@ def test_every_public_error_is_exported() -> None:
 
 
 def test_import_chatkit_loads_neither_aiohttp_nor_pydantic() -> None:
-    code = "import sys, chatkit; print(sorted(m for m in ('aiohttp', 'pydantic') if m in sys.modules))"
+    code = (
+        "import sys, chatkit; print(sorted(m for m in ('aiohttp', 'pydantic') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -153,9 +153,9 @@ def test_unknown_provider_name_on_the_client() -> None:
 
 
 def test_timeout_values_are_checked() -> None:
-    with pytest.raises(InvalidRequestError, match="timeout.read"):
+    with pytest.raises(InvalidRequestError, match=r"timeout\.read"):
         Timeout(read=0)
-    with pytest.raises(InvalidRequestError, match="timeout.connect"):
+    with pytest.raises(InvalidRequestError, match=r"timeout\.connect"):
         Timeout(connect="1")  # type: ignore[arg-type]
     assert Timeout(total=None).total is None
 

@@ -6,11 +6,49 @@
 
 from __future__ import annotations
 
-from chatkit._errors import ProviderNotFoundError
+from importlib.metadata import entry_points
+
+from chatkit._config import env_value
+from chatkit._errors import MissingAuthError, ProviderNotFoundError
 from chatkit.providers._base import Provider, provider_name
 from chatkit.providers.openai import OpenAI
 
-__all__ = ["PROVIDERS", "OpenAI", "Provider", "get_provider_class", "provider_name"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PROVIDERS",
+    "OpenAI",
+    "Provider",
+    "default_provider_class",
+    "get_provider_class",
+    "is_configured",
+    "provider_name",
+]
+
+# The order in which ``Client()`` without a provider looks for one that is set up:
+# API keys first (in this order), then a local Ollama, then the embedded model.
+DEFAULT_ORDER = (
+    "openai",
+    "anthropic",
+    "gemini",
+    "groq",
+    "openrouter",
+    "deepseek",
+    "mistral",
+    "together",
+    "fireworks",
+    "xai",
+    "cerebras",
+    "deepinfra",
+    "perplexity",
+    "azure",
+    "ollama",
+    "local",
+)
+
+# Third-party packages register providers under this entry point group:
+#   [project.entry-points."chatkit.providers"]
+#   myvendor = "myvendor_chatkit:MyVendorProvider"
+ENTRY_POINT_GROUP = "chatkit.providers"
 
 PROVIDERS: dict[str, type] = {"openai": OpenAI}
 
@@ -19,8 +57,44 @@ def get_provider_class(name: str) -> type:
     """The provider class registered under ``name`` (case-insensitive)."""
     found = PROVIDERS.get(name.lower())
     if found is None:
+        found = _load_entry_point(name.lower())
+    if found is None:
         known = ", ".join(sorted(PROVIDERS))
         raise ProviderNotFoundError(
             f"provider: unknown provider {name!r}; known providers: {known}", field="provider"
         )
     return found
+
+
+def _load_entry_point(name: str) -> type | None:
+    # Looked up only on a miss, so importing chatkit never scans installed packages.
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name.lower() == name:
+            loaded = entry.load()
+            if isinstance(loaded, type):
+                PROVIDERS[name] = loaded
+                return loaded
+    return None
+
+
+def is_configured(cls: type) -> bool:
+    """Whether ``cls`` can be used as it is: its key is set, or it says so itself."""
+    check = getattr(cls, "is_configured", None) or getattr(cls, "is_available", None)
+    if callable(check):
+        return bool(check())
+    variables = getattr(cls, "api_key_env", ())
+    return bool(variables) and env_value(*variables) is not None
+
+
+def default_provider_class() -> type:
+    """The first provider in ``DEFAULT_ORDER`` that is configured in this environment."""
+    for name in DEFAULT_ORDER:
+        cls = PROVIDERS.get(name)
+        if cls is not None and is_configured(cls):
+            return cls
+    raise MissingAuthError(
+        "no provider is configured: set an API key such as OPENAI_API_KEY, ANTHROPIC_API_KEY"
+        " or GEMINI_API_KEY, pass base_url=... for an OpenAI-compatible server, or install"
+        " the embedded model with pip install 'chatkit[local]'",
+        env_var="OPENAI_API_KEY",
+    )

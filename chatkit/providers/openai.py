@@ -109,7 +109,9 @@ class OpenAI:
         body["stream"] = stream
         return body
 
-    async def stream(self, request: ChatRequest, http: HTTPClient) -> AsyncIterator[ChatCompletionChunk]:
+    async def stream(
+        self, request: ChatRequest, http: HTTPClient
+    ) -> AsyncIterator[ChatCompletionChunk]:
         name = self.name
         validate = ChatCompletionChunk.model_validate_json
         decoder = SSEDecoder()
