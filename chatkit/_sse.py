@@ -1,0 +1,293 @@
+"""Sans-I/O Server-Sent Events decoder and encoder.
+
+The decoder follows the WHATWG ``text/event-stream`` rules: bytes go in as they
+arrive from the network, complete events come out; it never reads or blocks.
+Lines end in CR, LF or CRLF (a CRLF may be split across two reads), one leading
+UTF-8 BOM is ignored, lines starting with ``:`` are comments, and an event is
+dispatched at a blank line only if its data is not empty (DESIGN.md: no event
+for empty data, where WHATWG would dispatch ``data:`` as ``""``).
+``[DONE]`` is an ordinary event; recognising it is the caller's job.
+
+Memory is bounded: a line longer than ``max_line_size`` bytes (even one whose
+terminator has not arrived yet) or an event whose data grows past
+``max_event_size`` characters raises :class:`~chatkit._errors.SSEDecodeError`.
+After that error the stream is broken and the decoder's buffers are dropped.
+
+Decoding sits on the per-chunk hot path, so the decoder works on whole reads
+with ``bytes.rfind``/``str.split`` and touches Python code only once per line.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from chatkit._errors import SSEDecodeError
+
+__all__ = ["SSEDecoder", "SSEEvent", "encode_comment", "encode_event"]
+
+_BOM = b"\xef\xbb\xbf"
+_DEFAULT_LIMIT = 16 * 1024 * 1024
+
+
+class SSEEvent(NamedTuple):
+    """One dispatched event.
+
+    ``id`` is the last event ID in force when the event was dispatched (per the
+    spec it persists from one event to the next); ``None`` means no ``id`` field
+    has been seen. ``retry`` is set only on the event whose own block carried a
+    valid ``retry`` field.
+    """
+
+    data: str
+    event: str = "message"
+    id: str | None = None
+    retry: int | None = None
+
+
+# NamedTuple's generated __new__ is a Python-level call; the C constructor is
+# several times cheaper and this runs once per event.
+_new_event = tuple.__new__
+
+
+class SSEDecoder:
+    """Incremental ``text/event-stream`` decoder: :meth:`feed` bytes, get events.
+
+    ``max_line_size`` caps one line in bytes (without its terminator);
+    ``max_event_size`` caps one event's ``data`` in characters.
+    """
+
+    __slots__ = (
+        "_after_cr",
+        "_at_start",
+        "_data",
+        "_data_size",
+        "_event_retry",
+        "_event_type",
+        "_last_event_id",
+        "_max_event_size",
+        "_max_line_size",
+        "_pending",
+        "_pending_size",
+        "_retry",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_line_size: int = _DEFAULT_LIMIT,
+        max_event_size: int = _DEFAULT_LIMIT,
+    ) -> None:
+        if max_line_size < 1 or max_event_size < 1:
+            raise ValueError("max_line_size and max_event_size must be positive")
+        self._max_line_size = max_line_size
+        self._max_event_size = max_event_size
+        # Both belong to the event source, not to one stream: they survive
+        # flush() so a reconnect can send Last-Event-ID and honour retry.
+        self._last_event_id: str | None = None
+        self._retry: int | None = None
+        self._reset()
+
+    @property
+    def last_event_id(self) -> str | None:
+        """The last ``id`` field seen, for a reconnect's ``Last-Event-ID`` header."""
+        return self._last_event_id
+
+    @property
+    def retry(self) -> int | None:
+        """The last valid ``retry`` field seen (milliseconds), even outside an event."""
+        return self._retry
+
+    def _reset(self) -> None:
+        # Bytes of the current unterminated line; a list so that a long line
+        # arriving in many reads is joined once, not copied on every read.
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._after_cr = False
+        self._at_start = True
+        self._data: list[str] = []
+        self._data_size = 0
+        self._event_type = ""
+        self._event_retry: int | None = None
+
+    def _line_too_long(self) -> SSEDecodeError:
+        self._reset()
+        return SSEDecodeError(f"SSE line longer than max_line_size ({self._max_line_size} bytes)")
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        """Decode the next read of the stream and return the events it completed."""
+        if (
+            data[-1:] == b"\n"
+            and not self._pending
+            and not self._after_cr
+            and not self._at_start
+            and b"\r" not in data
+        ):
+            block = data  # the common case: whole LF-terminated lines
+        else:
+            block = self._complete_lines(data)
+            if not block:
+                return []
+        # Only a block longer than the cap can hold a line longer than the cap.
+        if len(block) > self._max_line_size and (
+            max(map(len, block.split(b"\n"))) > self._max_line_size
+        ):
+            raise self._line_too_long()
+        # LF never occurs inside a UTF-8 sequence, so decoding whole lines at
+        # once cannot split a character.
+        lines = block.decode("utf-8", "replace").split("\n")
+        lines.pop()  # always "": the block ends with a line terminator
+
+        events: list[SSEEvent] = []
+        # State lives in locals for the loop and is written back once.
+        data_lines = self._data
+        size = self._data_size
+        event_type = self._event_type
+        last_id = self._last_event_id
+        retry = self._event_retry
+        # size counts an LF after every data line, like the spec's data buffer.
+        limit = self._max_event_size + 1
+        for line in lines:
+            if not line:
+                if data_lines:
+                    joined = "\n".join(data_lines)
+                    # Unlike the WHATWG rule, an event whose data is empty
+                    # (a bare "data:") is dropped: no consumer can parse it.
+                    if joined:
+                        events.append(
+                            _new_event(SSEEvent, (joined, event_type or "message", last_id, retry))
+                        )
+                    data_lines = []
+                    size = 0
+                event_type = ""
+                retry = None
+                continue
+            if line.startswith("data: "):  # saves a partition on most lines
+                name = "data"
+                value = line[6:]
+            else:
+                # A line without ":" is a field name with an empty value, which
+                # partition gives for free; a comment is the unknown field "".
+                name, _, value = line.partition(":")
+                if value[:1] == " ":
+                    value = value[1:]
+            if name == "data":
+                size += len(value) + 1
+                if size > limit:
+                    self._reset()
+                    raise SSEDecodeError(
+                        f"SSE event data longer than max_event_size "
+                        f"({self._max_event_size} characters)"
+                    )
+                data_lines.append(value)
+            elif name == "event":
+                event_type = value
+            elif name == "id":
+                if "\0" not in value:
+                    last_id = value
+            # More than 18 digits is no sane delay, and a cap keeps int() from
+            # quadratic work (or its digit limit) on a huge line.
+            elif name == "retry" and len(value) <= 18 and value.isascii() and value.isdigit():
+                retry = self._retry = int(value)
+        self._data = data_lines
+        self._data_size = size
+        self._event_type = event_type
+        self._last_event_id = last_id
+        self._event_retry = retry
+        return events
+
+    def _complete_lines(self, data: bytes) -> bytes:
+        """Buffer ``data``; return the complete lines so far, LF-terminated."""
+        if self._after_cr and data:
+            # The previous read ended in CR: an LF now is the rest of that CRLF,
+            # not a blank line that would dispatch an event early.
+            self._after_cr = False
+            if data[:1] == b"\n":
+                data = data[1:]
+        end = max(data.rfind(b"\n"), data.rfind(b"\r"))
+        if end < 0:
+            if data:
+                self._pending.append(data)
+                self._pending_size += len(data)
+                if self._pending_size > self._max_line_size:
+                    raise self._line_too_long()
+            return b""
+        block = data[: end + 1]
+        rest = data[end + 1 :]
+        if self._pending:
+            self._pending.append(block)
+            block = b"".join(self._pending)
+        self._pending = [rest] if rest else []
+        self._pending_size = len(rest)
+        if self._pending_size > self._max_line_size:
+            raise self._line_too_long()
+        if self._at_start:
+            self._at_start = False
+            if block.startswith(_BOM):
+                block = block[3:]
+        if b"\r" in block:
+            self._after_cr = not rest and block.endswith(b"\r")
+            block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        return block
+
+    def flush(self) -> list[SSEEvent]:
+        """End of stream: return what is still pending, then reset for a new stream.
+
+        Lenient where the spec discards: a final unterminated line is decoded
+        and an event whose data lines arrived is dispatched without its blank
+        line. ``last_event_id`` and ``retry`` are kept for a reconnect.
+        """
+        # Two LFs: one ends a final unterminated line, the other dispatches.
+        # (After a trailing CR the first is swallowed as its CRLF tail.)
+        try:
+            return self.feed(b"\n\n")
+        finally:
+            self._reset()
+
+
+def _lines(text: str) -> list[str]:
+    """Split on the same terminators the decoder accepts."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def _field(name: str, value: str) -> str:
+    return f"{name}: {value}\n" if value else f"{name}:\n"
+
+
+def _single_line(name: str, value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"SSE {name} must not contain CR or LF: {value!r}")
+    return _field(name, value)
+
+
+def encode_event(
+    data: str,
+    *,
+    event: str | None = None,
+    id: str | None = None,
+    retry: int | None = None,
+) -> bytes:
+    """Encode one event; multi-line ``data`` becomes several ``data:`` lines.
+
+    CR and CRLF in ``data`` are line breaks, as the decoder reads them, so they
+    come back as LF. ``event`` and ``id`` must be single lines; ``id`` must not
+    contain NUL (a decoder would ignore it) and ``retry`` must not be negative.
+    """
+    parts: list[str] = []
+    if event is not None:
+        parts.append(_single_line("event", event))
+    if id is not None:
+        if "\0" in id:
+            raise ValueError(f"SSE id must not contain NUL: {id!r}")
+        parts.append(_single_line("id", id))
+    if retry is not None:
+        if retry < 0:
+            raise ValueError(f"SSE retry must not be negative: {retry}")
+        parts.append(f"retry: {retry:d}\n")
+    parts.extend(_field("data", line) for line in _lines(data))
+    parts.append("\n")
+    return "".join(parts).encode()
+
+
+def encode_comment(text: str = "") -> bytes:
+    """Encode a comment line (``: text``), e.g. a keep-alive; decoders ignore it."""
+    return "".join(_field("", line) for line in _lines(text)).encode()
