@@ -11,11 +11,13 @@ from importlib.metadata import entry_points
 from chatkit._config import env_value
 from chatkit._errors import MissingAuthError, ProviderNotFoundError
 from chatkit.providers._base import Provider, provider_name
+from chatkit.providers.anthropic import Anthropic
 from chatkit.providers.openai import OpenAI
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "PROVIDERS",
+    "Anthropic",
     "OpenAI",
     "Provider",
     "default_provider_class",
@@ -50,7 +52,7 @@ DEFAULT_ORDER = (
 #   myvendor = "myvendor_chatkit:MyVendorProvider"
 ENTRY_POINT_GROUP = "chatkit.providers"
 
-PROVIDERS: dict[str, type] = {"openai": OpenAI}
+PROVIDERS: dict[str, type] = {"openai": OpenAI, "anthropic": Anthropic}
 
 
 def get_provider_class(name: str) -> type:

@@ -1,0 +1,462 @@
+"""Anthropic's Messages API, translated to and from chatkit's OpenAI-style types.
+
+Requests are translated by ``_anthropic_request``; this module sends them and
+maps the answers back. Streaming events (message_start, content_block_start /
+delta / stop, message_delta, message_stop, ping, error) become
+``ChatCompletionChunk`` objects: text, tool calls (one index per tool_use
+block, in order), thinking as ``delta.reasoning_content``, and usage plus
+finish_reason on the chunk that ends the answer.
+
+Wire format: https://docs.anthropic.com/en/api/messages (request and Message),
+https://docs.anthropic.com/en/docs/build-with-claude/streaming (events),
+https://docs.anthropic.com/en/api/errors (error bodies, ``request-id``),
+https://docs.anthropic.com/en/api/versioning (``anthropic-version``),
+https://docs.anthropic.com/en/api/models-list (``GET /v1/models``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
+from typing import Any, ClassVar
+
+from chatkit._errors import (
+    APIStatusError,
+    InvalidRequestError,
+    ResponseDecodeError,
+    StreamInterrupted,
+    UnsupportedCapabilityError,
+    error_from_event,
+)
+from chatkit._request import ChatRequest
+from chatkit._sse import SSEEvent
+from chatkit._transport import HTTPClient
+from chatkit._types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChoiceDelta,
+    ChoiceDeltaFunctionCall,
+    ChoiceDeltaToolCall,
+    ChunkChoice,
+    CompletionUsage,
+    Model,
+)
+from chatkit.providers._anthropic_request import (
+    DEFAULT_MAX_TOKENS,
+    messages_body,
+    unsupported_param,
+)
+from chatkit.providers._base import Capabilities
+from chatkit.providers._common import resolve_endpoint, sse_batches
+
+__all__ = ["Anthropic", "finish_reason"]
+
+API_VERSION = "2023-06-01"
+
+_FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def finish_reason(stop_reason: str | None) -> str | None:
+    """Anthropic's ``stop_reason`` as an OpenAI ``finish_reason``.
+
+    Reasons without an OpenAI counterpart (``pause_turn``) pass through as is.
+    """
+    if stop_reason is None:
+        return None
+    return _FINISH_REASONS.get(stop_reason, stop_reason)
+
+
+def _usage(*sources: Mapping[str, Any] | None) -> CompletionUsage:
+    """OpenAI usage from Anthropic usage objects; later sources win field by field.
+
+    Anthropic's ``input_tokens`` leaves out cached prompt tokens; OpenAI's
+    ``prompt_tokens`` counts them, so cache reads and writes are added back.
+    """
+    merged: dict[str, Any] = {}
+    for source in sources:
+        if source:
+            merged.update((k, v) for k, v in source.items() if isinstance(v, int))
+    prompt = (
+        merged.get("input_tokens", 0)
+        + merged.get("cache_creation_input_tokens", 0)
+        + merged.get("cache_read_input_tokens", 0)
+    )
+    completion = merged.get("output_tokens", 0)
+    return CompletionUsage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    )
+
+
+def _decode_error(provider: str, what: str, data: str | bytes) -> ResponseDecodeError:
+    return ResponseDecodeError(f"{provider}: {what}: {data[:200]!r}", provider=provider)
+
+
+def _with_request_id(error: APIStatusError, request_id: str | None) -> APIStatusError:
+    # An error event arrives inside a 200 response: its id is that response's.
+    error.request_id = request_id
+    return error
+
+
+class _StreamState:
+    """Turns one stream's Anthropic events into chunks (None: nothing to emit)."""
+
+    def __init__(self, provider: str, request_id: str | None) -> None:
+        self.provider = provider
+        self.request_id = request_id
+        self.id = ""
+        self.model = ""
+        self.created = 0
+        self.start_usage: dict[str, Any] | None = None
+        self.tool_index: dict[int, int] = {}  # content block index -> tool call ordinal
+        self.finished = False
+        self.stopped = False
+
+    def chunk(
+        self,
+        delta: ChoiceDelta,
+        finish: str | None = None,
+        usage: CompletionUsage | None = None,
+    ) -> ChatCompletionChunk:
+        # Built without validation: every value was type-checked on the way in.
+        choice = ChunkChoice.model_construct(
+            index=0, delta=delta, finish_reason=finish, logprobs=None
+        )
+        return ChatCompletionChunk.model_construct(
+            id=self.id,
+            object="chat.completion.chunk",
+            created=self.created,
+            model=self.model,
+            choices=[choice],
+            usage=usage,
+            system_fingerprint=None,
+            provider=self.provider,
+        )
+
+    def feed(self, event: SSEEvent) -> ChatCompletionChunk | None:
+        try:
+            payload = json.loads(event.data)
+        except ValueError:
+            raise _decode_error(self.provider, "stream event is not JSON", event.data) from None
+        if not isinstance(payload, dict):
+            raise _decode_error(self.provider, "stream event is not an object", event.data)
+        kind = payload.get("type") or event.event
+        try:
+            return self._dispatch(kind, payload)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise _decode_error(self.provider, f"malformed {kind} event", event.data) from exc
+
+    def _dispatch(self, kind: str, payload: dict[str, Any]) -> ChatCompletionChunk | None:
+        if kind == "content_block_delta":
+            return self._block_delta(payload["index"], payload["delta"])
+        if kind == "content_block_start":
+            return self._block_start(payload["index"], payload["content_block"])
+        if kind == "message_start":
+            return self._message_start(payload["message"])
+        if kind == "message_delta":
+            return self._message_delta(payload["delta"], payload.get("usage"))
+        if kind == "message_stop":
+            self.stopped = self.finished = True
+            return None
+        if kind == "error":
+            error = error_from_event(payload, provider=self.provider)
+            raise _with_request_id(error, self.request_id)
+        # ping, content_block_stop, and event types added later: nothing to emit.
+        return None
+
+    def _message_start(self, message: dict[str, Any]) -> ChatCompletionChunk:
+        self.id = _text(message.get("id"))
+        self.model = _text(message.get("model"))
+        self.created = int(time.time())
+        usage = message.get("usage")
+        self.start_usage = usage if isinstance(usage, dict) else None
+        return self.chunk(ChoiceDelta.model_construct(role="assistant", content=""))
+
+    def _block_start(self, index: int, block: dict[str, Any]) -> ChatCompletionChunk | None:
+        kind = block["type"]
+        if kind == "tool_use":
+            ordinal = self.tool_index[index] = len(self.tool_index)
+            function = ChoiceDeltaFunctionCall.model_construct(
+                name=_text(block["name"], strict=True), arguments=""
+            )
+            call = ChoiceDeltaToolCall.model_construct(
+                index=ordinal,
+                id=_text(block["id"], strict=True),
+                type="function",
+                function=function,
+            )
+            return self.chunk(ChoiceDelta.model_construct(tool_calls=[call]))
+        if kind == "text" and block.get("text"):
+            return self.chunk(
+                ChoiceDelta.model_construct(content=_text(block["text"], strict=True))
+            )
+        # thinking starts empty; redacted_thinking and server tool blocks carry
+        # nothing an OpenAI-style chunk can hold.
+        return None
+
+    def _block_delta(self, index: int, delta: dict[str, Any]) -> ChatCompletionChunk | None:
+        kind = delta["type"]
+        if kind == "text_delta":
+            return self.chunk(
+                ChoiceDelta.model_construct(content=_text(delta["text"], strict=True))
+            )
+        if kind == "input_json_delta":
+            fragment = _text(delta["partial_json"], strict=True)
+            ordinal = self.tool_index.get(index)
+            if not fragment or ordinal is None:
+                return None
+            function = ChoiceDeltaFunctionCall.model_construct(name=None, arguments=fragment)
+            call = ChoiceDeltaToolCall.model_construct(
+                index=ordinal, id=None, type=None, function=function
+            )
+            return self.chunk(ChoiceDelta.model_construct(tool_calls=[call]))
+        if kind == "thinking_delta":
+            thinking = _text(delta["thinking"], strict=True)
+            return self.chunk(ChoiceDelta.model_construct(reasoning_content=thinking))
+        # signature_delta (thinking integrity) and citations_delta have no OpenAI field.
+        return None
+
+    def _message_delta(self, delta: dict[str, Any], usage: Any) -> ChatCompletionChunk:
+        reason = delta.get("stop_reason")
+        finish = finish_reason(reason if isinstance(reason, str) else None)
+        if finish is not None:
+            self.finished = True
+        final_usage = _usage(self.start_usage, usage if isinstance(usage, dict) else None)
+        return self.chunk(ChoiceDelta.model_construct(), finish, final_usage)
+
+
+def _text(value: Any, *, strict: bool = False) -> str:
+    if isinstance(value, str):
+        return value
+    if strict:
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return ""
+
+
+def _completion(message: dict[str, Any], provider: str) -> ChatCompletion:
+    """A non-streamed Message as a ChatCompletion."""
+    texts: list[str] = []
+    thinking: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
+    for block in message["content"]:
+        kind = block["type"]
+        if kind == "text":
+            texts.append(block["text"])
+        elif kind == "thinking":
+            thinking.append(block["thinking"])
+        elif kind == "tool_use":
+            arguments = json.dumps(block.get("input", {}), ensure_ascii=False)
+            tool_calls.append(
+                {
+                    "id": block["id"],
+                    "type": "function",
+                    "function": {"name": block["name"], "arguments": arguments},
+                }
+            )
+    reply: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(texts) if texts or not tool_calls else None,
+        "reasoning_content": "".join(thinking) or None,
+        "tool_calls": tool_calls or None,
+    }
+    usage = message.get("usage")
+    return ChatCompletion.model_validate(
+        {
+            "id": message.get("id", ""),
+            "created": int(time.time()),
+            "model": message.get("model", ""),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": reply,
+                    "finish_reason": finish_reason(message.get("stop_reason")),
+                }
+            ],
+            "usage": _usage(usage if isinstance(usage, dict) else None),
+            "provider": provider,
+        }
+    )
+
+
+def _model(item: dict[str, Any], provider: str) -> Model:
+    created = 0
+    stamp = item.get("created_at")
+    if isinstance(stamp, str):
+        try:
+            created = int(datetime.fromisoformat(stamp).timestamp())
+        except ValueError:
+            created = 0
+    extra = {k: v for k, v in item.items() if k not in ("id", "created_at", "type")}
+    return Model(id=item["id"], created=created, owned_by="anthropic", provider=provider, **extra)
+
+
+class Anthropic:
+    """Claude through the Anthropic Messages API.
+
+    ``Anthropic()`` reads ``ANTHROPIC_API_KEY`` and ``ANTHROPIC_BASE_URL``
+    (default ``https://api.anthropic.com``; requests go to
+    ``{base_url}/v1/messages``). ``max_tokens`` is the default answer budget,
+    since the API requires one. ``json_object`` output is not offered (the API
+    has no such mode); ``json_schema`` is sent as ``output_config.format``.
+    """
+
+    name: ClassVar[str] = "Anthropic"
+    default_base_url: ClassVar[str] = "https://api.anthropic.com"
+    api_key_env: ClassVar[tuple[str, ...]] = ("ANTHROPIC_API_KEY",)
+    base_url_env: ClassVar[tuple[str, ...]] = ("ANTHROPIC_BASE_URL",)
+    default_model: str = "claude-sonnet-4-5"
+    capabilities: ClassVar[Capabilities] = Capabilities(json_object=False)
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        default_model: str | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        default_headers: Mapping[str, str] | None = None,
+        proxy: str | None = None,
+        proxies: Mapping[str, str] | None = None,
+        trust_env: bool = True,
+    ) -> None:
+        self._endpoint = resolve_endpoint(
+            self.name,
+            api_key=api_key,
+            base_url=base_url,
+            api_key_env=self.api_key_env,
+            base_url_env=self.base_url_env,
+            default_base_url=self.default_base_url,
+            key_required=True,
+            proxy=proxy,
+            proxies=proxies,
+            trust_env=trust_env,
+        )
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise InvalidRequestError("max_tokens must be an integer >= 1", field="max_tokens")
+        self.base_url = self._endpoint.base_url
+        self.proxy_settings = self._endpoint.proxy_settings
+        self.max_tokens = max_tokens
+        if default_model is not None:
+            self.default_model = default_model
+        self._headers = dict(default_headers or {})
+
+    def __repr__(self) -> str:
+        key = "set" if self._endpoint.api_key else "none"
+        return f"{type(self).__name__}(base_url={self.base_url!r}, api_key={key})"
+
+    # -- requests ------------------------------------------------------------
+
+    def check_request(self, request: ChatRequest) -> None:
+        """Fail before I/O when Anthropic cannot carry out ``request``."""
+        self.capabilities.check(request, self.name)
+        param = unsupported_param(request)
+        if param is not None:
+            raise UnsupportedCapabilityError(
+                f"{self.name} does not support the {param!r} parameter", field=param
+            )
+        self._body(request, stream=request.stream)
+
+    def _headers_for(self, accept: str, request: ChatRequest | None = None) -> dict[str, str]:
+        headers = {
+            "Accept": accept,
+            "anthropic-version": API_VERSION,
+            "x-api-key": self._endpoint.api_key or "",
+        }
+        headers.update(self._headers)
+        if request is not None:
+            headers.update(request.extra_headers)
+        return headers
+
+    def _body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        return messages_body(
+            request,
+            model=request.model or self.default_model,
+            default_max_tokens=self.max_tokens,
+            stream=stream,
+        )
+
+    def _open(self, http: HTTPClient, request: ChatRequest, *, stream: bool) -> Any:
+        accept = "text/event-stream" if stream else "application/json"
+        return http.open(
+            "POST",
+            f"{self.base_url}/v1/messages",
+            provider=self.name,
+            headers=self._headers_for(accept, request),
+            json_body=self._body(request, stream=stream),
+            params=request.extra_query or None,
+            proxy_settings=self.proxy_settings,
+        )
+
+    # -- calls ---------------------------------------------------------------
+
+    async def stream(
+        self, request: ChatRequest, http: HTTPClient
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        async with self._open(http, request, stream=True) as response:
+            state = _StreamState(self.name, response.headers.get("request-id"))
+            async for events in sse_batches(response):
+                for event in events:
+                    chunk = state.feed(event)
+                    if chunk is not None:
+                        yield chunk
+                    if state.stopped:
+                        return
+        if not state.finished:
+            raise StreamInterrupted(
+                f"{self.name}: the stream ended before message_stop", provider=self.name
+            )
+
+    async def complete(self, request: ChatRequest, http: HTTPClient) -> ChatCompletion:
+        async with self._open(http, request, stream=False) as response:
+            raw = await response.read()
+            request_id = response.headers.get("request-id")
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            raise _decode_error(self.name, "response is not JSON", raw) from None
+        if isinstance(message, dict) and message.get("type") == "error":
+            error = error_from_event(message, provider=self.name)
+            raise _with_request_id(error, request_id)
+        try:
+            return _completion(message, self.name)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise _decode_error(self.name, "response is not a Message", raw) from exc
+
+    async def list_models(self, http: HTTPClient) -> list[Model]:
+        """Every model the key can use, following the list's pages."""
+        models: list[Model] = []
+        params = {"limit": "1000"}
+        while True:
+            async with http.open(
+                "GET",
+                f"{self.base_url}/v1/models",
+                provider=self.name,
+                headers=self._headers_for("application/json"),
+                params=params,
+                proxy_settings=self.proxy_settings,
+            ) as response:
+                page = await response.json()
+            items = page.get("data") if isinstance(page, dict) else None
+            if not isinstance(items, list):
+                raise _decode_error(self.name, "model list has no data", json.dumps(page))
+            models.extend(
+                _model(item, self.name)
+                for item in items
+                if isinstance(item, dict) and isinstance(item.get("id"), str)
+            )
+            last = page.get("last_id")
+            if (
+                not page.get("has_more")
+                or not isinstance(last, str)
+                or last == params.get("after_id")
+            ):
+                return models
+            params = {"limit": "1000", "after_id": last}
