@@ -2,48 +2,91 @@
 
 Sans-I/O. The transport asks ``ProxySettings.for_url(url)`` which proxy to use;
 ``None`` means connect directly, and that answer is only ever given when the
-caller configured no explicit proxy at all or ``NO_PROXY`` says so. A
-``proxies`` dict without an entry for the target's scheme raises: it never falls
-back to a direct connection silently.
+caller configured no explicit proxy at all, mapped the scheme to ``None`` on
+purpose, or ``NO_PROXY`` says so. A ``proxies`` dict without an entry for the
+target's scheme raises: it never falls back to a direct connection silently.
+
+Precedence: a provider's own settings (``OpenAI(proxy=...)``), else the
+call's ``proxy=``, else the client's; only when the winner configures no
+proxy at all and ``trust_env`` is on do ``HTTP_PROXY`` / ``HTTPS_PROXY`` /
+``ALL_PROXY`` / ``NO_PROXY`` apply.
 """
 
 from __future__ import annotations
 
+import base64
+import ipaddress
+import re
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from typing import Literal
+from urllib.parse import quote, unquote, urlsplit
 
-from chatkit._config import redact_url
+from chatkit._config import redact_url as _redact_url
 from chatkit._errors import ProxyConfigError
 
-__all__ = ["PROXY_SCHEMES", "ProxySettings", "ProxyURL"]
+__all__ = ["PROXY_SCHEMES", "ProxySettings", "ProxyURL", "SocksOptions"]
 
 PROXY_SCHEMES = frozenset({"http", "https", "socks4", "socks4a", "socks5", "socks5h"})
 _PROXIES_KEYS = frozenset({"http", "https", "all"})
+# curl's convention: a SOCKS proxy URL without a port means port 1080.
+_SOCKS_DEFAULT_PORT = 1080
+
+
+_USERINFO = re.compile(r"//[^/@\s]*@")
+
+
+def _redact(url: str) -> str:
+    """``_config.redact_url`` that also survives a malformed port."""
+    try:
+        return _redact_url(url)
+    except ValueError:  # urlsplit(...).port raises on "host:bad"
+        return _USERINFO.sub("//***@", url)
 
 
 @dataclass(frozen=True)
+class SocksOptions:
+    """What a SOCKS connector needs, in plain values (the transport maps them)."""
+
+    version: Literal[4, 5]
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    remote_dns: bool
+    """True for socks4a/socks5h: the proxy resolves the target's host name."""
+
+
+@dataclass(frozen=True, repr=False)
 class ProxyURL:
-    """One proxy. ``str()`` and ``repr()`` never show the password."""
+    """One proxy. ``str()`` and ``repr()`` never show the credentials."""
 
     url: str
 
     @classmethod
     def parse(cls, value: object, field: str) -> ProxyURL:
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value.strip():
             raise ProxyConfigError(f"{field} must be a proxy URL string", field=field)
+        value = value.strip()
         try:
             parts = urlsplit(value)
             parts.port  # noqa: B018 - raises ValueError on a bad port
         except ValueError:
             raise ProxyConfigError(
-                f"{field}: malformed proxy URL {redact_url(value)!r}", field=field
+                f"{field}: malformed proxy URL {_redact(value)!r}", field=field
             ) from None
         if parts.scheme not in PROXY_SCHEMES or not parts.hostname:
             raise ProxyConfigError(
-                f"{field}: proxy URL {redact_url(value)!r} needs a scheme among"
+                f"{field}: proxy URL {_redact(value)!r} needs a scheme among"
                 f" {sorted(PROXY_SCHEMES)} and a host",
+                field=field,
+            )
+        if parts.scheme.startswith("socks"):
+            _check_socks_credentials(parts.username, parts.password, field)
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ProxyConfigError(
+                f"{field}: proxy URL {_redact(value)!r} must not have a path, query or fragment",
                 field=field,
             )
         return cls(value)
@@ -75,24 +118,74 @@ class ProxyURL:
         port = f":{parts.port}" if parts.port is not None else ""
         return f"{parts.scheme}://{host}{port}"
 
+    def socks_options(self) -> SocksOptions:
+        """The SOCKS parameters of this proxy (only meaningful when ``is_socks``).
+
+        socks4 has no password: the user name is sent as the SOCKS4 user id.
+        """
+        parts = urlsplit(self.url)
+        scheme = parts.scheme
+        return SocksOptions(
+            version=4 if scheme.startswith("socks4") else 5,
+            host=parts.hostname or "",
+            port=parts.port if parts.port is not None else _SOCKS_DEFAULT_PORT,
+            username=self.username,
+            password=None if scheme.startswith("socks4") else self.password,
+            remote_dns=scheme in ("socks4a", "socks5h"),
+        )
+
     def __str__(self) -> str:
-        return redact_url(self.url)
+        return _redact(self.url)
 
     def __repr__(self) -> str:
-        return f"ProxyURL({redact_url(self.url)!r})"
+        return f"ProxyURL({_redact(self.url)!r})"
 
     def secrets(self) -> tuple[str, ...]:
-        """Strings that must never appear in an error message or a log line."""
-        found = [s for s in (self.password, urlsplit(self.url).password) if s]
-        return tuple(found)
+        """Strings that must never appear in an error message or a log line.
+
+        The password as given and decoded, and the ``Basic`` token an HTTP
+        proxy receives (base64 of ``user:password``), which foreign exceptions
+        may carry in their request headers.
+        """
+        raw = urlsplit(self.url).password
+        password = self.password
+        if not password:
+            return ()
+        found = {password, quote(password, safe=""), raw or password}
+        pair = f"{self.username or ''}:{password}"
+        for encoding in ("utf-8", "latin-1"):
+            try:
+                found.add(base64.b64encode(pair.encode(encoding)).decode("ascii"))
+            except UnicodeEncodeError:
+                continue
+        return tuple(sorted(found, key=len, reverse=True))
+
+
+def _check_socks_credentials(username: str | None, password: str | None, field: str) -> None:
+    # RFC 1929 sends each as one length byte plus the bytes; python-socks
+    # encodes them as ASCII.
+    for what, value in (("user name", username), ("password", password)):
+        if value is None:
+            continue
+        decoded = unquote(value)
+        if not decoded.isascii() or len(decoded) > 255:
+            raise ProxyConfigError(
+                f"{field}: a SOCKS proxy {what} must be ASCII and at most 255 characters",
+                field=field,
+            )
 
 
 @dataclass(frozen=True)
 class ProxySettings:
-    """Which proxy to use for which target; built from ``proxy=`` / ``proxies=``."""
+    """Which proxy to use for which target; built from ``proxy=`` / ``proxies=``.
+
+    ``proxies`` maps ``"http"``, ``"https"`` or ``"all"`` (``"http://"``-style
+    keys are accepted too) to a proxy URL, or to ``None`` to connect directly
+    for that scheme on purpose.
+    """
 
     proxy: ProxyURL | None = None
-    proxies: Mapping[str, ProxyURL] | None = None
+    proxies: Mapping[str, ProxyURL | None] | None = None
     trust_env: bool = True
 
     @classmethod
@@ -103,26 +196,19 @@ class ProxySettings:
             raise ProxyConfigError("trust_env must be True or False", field="trust_env")
         if proxy is not None and proxies is not None:
             raise ProxyConfigError("pass either proxy= or proxies=, not both", field="proxies")
-        parsed_proxy = ProxyURL.parse(proxy, "proxy") if proxy is not None else None
-        parsed_map: dict[str, ProxyURL] | None = None
-        if proxies is not None:
-            if not isinstance(proxies, Mapping) or not proxies:
-                raise ProxyConfigError(
-                    'proxies must be a non-empty dict like {"https": "http://host:port"}',
-                    field="proxies",
-                )
-            parsed_map = {}
-            for key, value in proxies.items():
-                if key not in _PROXIES_KEYS:
-                    raise ProxyConfigError(
-                        f"proxies: unknown key {key!r}; use 'http', 'https' or 'all'",
-                        field=f"proxies[{key!r}]",
-                    )
-                parsed_map[key] = ProxyURL.parse(value, f"proxies[{key!r}]")
+        if isinstance(proxies, str):
+            # g4f accepts a single proxy URL as ``proxies``: one proxy for every scheme.
+            proxy, proxies = proxies, None
+            field = "proxies"
+        else:
+            field = "proxy"
+        parsed_proxy = ProxyURL.parse(proxy, field) if proxy is not None else None
+        parsed_map = _parse_proxies(proxies) if proxies is not None else None
         return cls(proxy=parsed_proxy, proxies=parsed_map, trust_env=trust_env)
 
     @property
     def explicit(self) -> bool:
+        """True when the caller configured a proxy (the environment is then ignored)."""
         return self.proxy is not None or self.proxies is not None
 
     def for_url(self, url: str) -> ProxyURL | None:
@@ -131,14 +217,15 @@ class ProxySettings:
         if self.proxy is not None:
             return self.proxy
         if self.proxies is not None:
-            chosen = self.proxies.get(scheme) or self.proxies.get("all")
-            if chosen is None:
-                raise ProxyConfigError(
-                    f"proxies has no entry for {scheme!r} URLs (nor 'all'); refusing to"
-                    f" connect to {redact_url(url)} directly",
-                    field="proxies",
-                )
-            return chosen
+            for key in (scheme, "all"):
+                if key in self.proxies:
+                    return self.proxies[key]
+            raise ProxyConfigError(
+                f"proxies has no entry for {scheme!r} URLs (nor 'all'); refusing to"
+                f" connect to {_redact(url)} directly. Add {scheme!r} (or 'all') to"
+                f" proxies, or map it to None to connect directly on purpose",
+                field="proxies",
+            )
         if self.trust_env:
             return _env_proxy(url, scheme)
         return None
@@ -151,16 +238,86 @@ class ProxySettings:
         return tuple(found)
 
     def __repr__(self) -> str:
-        shown = {k: str(v) for k, v in (self.proxies or {}).items()}
+        shown = {k: (str(v) if v is not None else None) for k, v in (self.proxies or {}).items()}
         return f"ProxySettings(proxy={self.proxy!s}, proxies={shown}, trust_env={self.trust_env})"
 
 
+def _parse_proxies(proxies: object) -> dict[str, ProxyURL | None]:
+    if not isinstance(proxies, Mapping) or not proxies:
+        raise ProxyConfigError(
+            'proxies must be a non-empty dict like {"https": "http://host:port"} or a URL',
+            field="proxies",
+        )
+    parsed: dict[str, ProxyURL | None] = {}
+    for key, value in proxies.items():
+        name = key.removesuffix("://") if isinstance(key, str) else key
+        if name not in _PROXIES_KEYS:
+            raise ProxyConfigError(
+                f"proxies: unknown key {key!r}; use 'http', 'https' or 'all'",
+                field=f"proxies[{key!r}]",
+            )
+        field = f"proxies[{key!r}]"
+        parsed[name] = ProxyURL.parse(value, field) if value is not None else None
+    return parsed
+
+
 def _env_proxy(url: str, scheme: str) -> ProxyURL | None:
-    host = urlsplit(url).hostname or ""
-    if urllib.request.proxy_bypass(host):
-        return None
     found = urllib.request.getproxies_environment()
+    parts = urlsplit(url)
+    if _bypassed(parts.hostname or "", parts.port, found.get("no", "")):
+        return None
     value = found.get(scheme) or found.get("all")
     if not value:
         return None
-    return ProxyURL.parse(value, f"{scheme.upper()}_PROXY environment variable")
+    if "://" not in value:
+        # curl and requests read a bare "host:port" as an HTTP proxy.
+        value = f"http://{value}"
+    variable = f"{scheme.upper()}_PROXY" if found.get(scheme) else "ALL_PROXY"
+    return ProxyURL.parse(value, f"the {variable} environment variable")
+
+
+def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
+    """Whether ``NO_PROXY`` exempts the host, curl style.
+
+    Entries are comma separated: ``*`` (everything), a domain that matches
+    itself and its subdomains (a leading dot is optional), an IP address or
+    network (``10.0.0.0/8``), each optionally with ``:port``.
+    """
+    host = host.lower().strip("[]")
+    address = _ip(host)
+    for raw in no_proxy.split(","):
+        entry = raw.strip().lower()
+        if entry == "*":
+            return True
+        if not entry:
+            continue
+        entry, entry_port = _split_port(entry)
+        if entry_port is not None and entry_port != port:
+            continue
+        if address is not None:
+            try:
+                network = ipaddress.ip_network(entry.strip("[]"), strict=False)
+            except ValueError:
+                continue
+            if address in network:
+                return True
+            continue
+        domain = entry.lstrip(".")
+        if domain and (host == domain or host.endswith("." + domain)):
+            return True
+    return False
+
+
+def _split_port(entry: str) -> tuple[str, int | None]:
+    head, sep, tail = entry.rpartition(":")
+    # "::1" and other bare IPv6 literals have colons but no port.
+    if sep and tail.isdigit() and (head.endswith("]") or ":" not in head):
+        return head, int(tail)
+    return entry, None
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None

@@ -28,15 +28,19 @@ from chatkit._errors import (
     ResponseDecodeError,
     error_from_status,
 )
-from chatkit._proxy import ProxySettings, ProxyURL
+from chatkit._proxy import ProxySettings, ProxyURL, SocksOptions
 
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["HTTPClient", "HTTPResponse", "Transport", "dumps"]
+__all__ = ["HTTPClient", "HTTPResponse", "RedactedCause", "Transport", "dumps"]
 
 _MAX_ERROR_BODY = 1024 * 1024
 _USER_AGENT = "chatkit/0.1"
+# Sessions kept per loop for distinct SOCKS proxies: callers that rotate
+# proxies per call must not grow one connection pool per proxy forever.
+_MAX_SOCKS_SESSIONS = 16
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key"})
 
 
 def dumps(body: Any) -> bytes:
@@ -51,13 +55,60 @@ def _scrub(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
+class RedactedCause(Exception):
+    """Stands in for a foreign exception whose text held a secret.
+
+    aiohttp's proxy errors carry the proxy URL with its password and the
+    ``Proxy-Authorization`` header in their ``repr``; chatkit chains this
+    instead, with the original type name and the text scrubbed.
+    """
+
+
+def _chain_text(exc: BaseException) -> str:
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 16:
+        seen.add(id(current))
+        parts.append(f"{current!s}\n{current!r}")
+        current = current.__cause__ or current.__context__
+    return "\n".join(parts)
+
+
+def _safe_cause(exc: BaseException, secrets: tuple[str, ...]) -> BaseException:
+    """``exc`` itself, or a scrubbed stand-in when its chain mentions a secret."""
+    text = _chain_text(exc)
+    if not any(secret in text for secret in secrets if secret):
+        return exc
+    stand_in = RedactedCause(_scrub(f"{type(exc).__name__}: {exc}", secrets))
+    return stand_in.with_traceback(exc.__traceback__)
+
+
+def _header_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
+    found: list[str] = []
+    for name, value in headers.items():
+        if name.lower() in _SECRET_HEADERS and value:
+            found.append(value)
+            token = value.rpartition(" ")[2]
+            if len(token) >= 8:
+                found.append(token)
+    return tuple(found)
+
+
 class HTTPResponse:
     """A response with a 2xx status whose body has not been read yet."""
 
-    def __init__(self, raw: aiohttp.ClientResponse, call: HTTPClient, provider: str) -> None:
+    def __init__(
+        self,
+        raw: aiohttp.ClientResponse,
+        call: HTTPClient,
+        provider: str,
+        proxy: ProxyURL | None = None,
+    ) -> None:
         self._raw = raw
         self._call = call
         self._provider = provider
+        self._proxy = proxy
         self.status: int = raw.status
         self.headers: Mapping[str, str] = raw.headers
 
@@ -65,19 +116,30 @@ class HTTPResponse:
         """Body bytes as they arrive (``iter_any``: never ``readline``, no line cap)."""
         reader = self._raw.content
         while True:
+            failure = None
             try:
                 data = await reader.readany()
             except BaseException as exc:
-                raise self._call.translate(exc, self._provider, reading=True) from exc
+                failure = self._call.translate(exc, self._provider, reading=True, proxy=self._proxy)
+                if failure is exc:
+                    raise
+            # Raised outside the except block so that the foreign exception
+            # does not ride along as __context__ (it may hold a secret).
+            if failure is not None:
+                raise failure
             if not data:
                 return
             yield data
 
     async def read(self) -> bytes:
+        failure = None
         try:
             return await self._raw.read()
         except BaseException as exc:
-            raise self._call.translate(exc, self._provider, reading=True) from exc
+            failure = self._call.translate(exc, self._provider, reading=True, proxy=self._proxy)
+            if failure is exc:
+                raise
+        raise failure
 
     async def json(self) -> Any:
         body = await self.read()
@@ -97,6 +159,8 @@ class HTTPResponse:
 @dataclass
 class _LoopSessions:
     loop: asyncio.AbstractEventLoop
+    # None: the session for direct and HTTP-proxy requests; otherwise one per
+    # SOCKS proxy URL, in least-recently-used order.
     sessions: dict[str | None, aiohttp.ClientSession] = field(default_factory=dict)
 
 
@@ -119,8 +183,12 @@ class Transport:
         proxy: ProxySettings | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> HTTPClient:
-        """A handle for one chat call. ``proxy`` overrides the client's proxy settings."""
-        return HTTPClient(self, proxy or self.proxy, timeout, dict(headers or {}))
+        """A handle for one chat call.
+
+        ``proxy`` is the call's own setting (``create(..., proxy=...)``): it
+        overrides the client's; a provider's own settings override both.
+        """
+        return HTTPClient(self, self.proxy, timeout, dict(headers or {}), call_proxy=proxy)
 
     def _session(self, proxy: ProxyURL | None) -> aiohttp.ClientSession:
         import aiohttp
@@ -133,21 +201,20 @@ class Transport:
             self._forget_dead_loops()
             slot = self._per_loop[id(loop)] = _LoopSessions(loop)
         key = proxy.url if proxy is not None and proxy.is_socks else None
-        session = slot.sessions.get(key)
+        session = slot.sessions.pop(key, None)
         if session is None or session.closed:
-            if key is None:
+            if proxy is None or key is None:
                 connector: aiohttp.BaseConnector = aiohttp.TCPConnector(limit=self._limit)
             else:
-                from aiohttp_socks import ProxyConnector
-
-                connector = ProxyConnector.from_url(key, rdns=True, limit=self._limit)
+                connector = _socks_connector(proxy.socks_options(), self._limit)
+                _evict_idle(slot.sessions, _MAX_SOCKS_SESSIONS - 1)
             session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=None),
                 headers={"User-Agent": _USER_AGENT},
                 trust_env=False,
             )
-            slot.sessions[key] = session
+        slot.sessions[key] = session  # (re)inserted last: most recently used
         return session
 
     def _forget_dead_loops(self) -> None:
@@ -191,6 +258,39 @@ class Transport:
                 total += sum(len(v) for v in getattr(connector, "_conns", {}).values())
         return total
 
+    def session_count(self) -> int:
+        """Open aiohttp sessions across loops (for tests of the SOCKS session cap)."""
+        return sum(
+            1
+            for slot in self._per_loop.values()
+            for session in slot.sessions.values()
+            if not session.closed
+        )
+
+
+def _socks_connector(options: SocksOptions, limit: int) -> aiohttp.BaseConnector:
+    from aiohttp_socks import ProxyConnector, ProxyType
+
+    return ProxyConnector(
+        host=options.host,
+        port=options.port,
+        proxy_type=ProxyType.SOCKS4 if options.version == 4 else ProxyType.SOCKS5,
+        username=options.username,
+        password=options.password,
+        rdns=options.remote_dns,
+        limit=limit,
+    )
+
+
+def _evict_idle(sessions: dict[str | None, aiohttp.ClientSession], keep: int) -> None:
+    """Drop the least recently used idle SOCKS sessions beyond ``keep``."""
+    socks = [key for key in sessions if key is not None]
+    for key in socks[: max(len(socks) - keep, 0)]:
+        connector = sessions[key].connector
+        if connector is not None and getattr(connector, "_acquired", None):
+            continue  # a response is still streaming through it
+        _detach(sessions.pop(key))
+
 
 def _detach(session: aiohttp.ClientSession) -> None:
     connector = session.connector
@@ -209,11 +309,15 @@ class HTTPClient:
         proxy: ProxySettings,
         timeout: Timeout,
         headers: dict[str, str],
+        *,
+        call_proxy: ProxySettings | None = None,
     ) -> None:
         self._transport = transport
         self._proxy = proxy
+        self._call_proxy = call_proxy
         self._current_proxy: ProxyURL | None = None
         self._open: weakref.WeakSet[HTTPResponse] = weakref.WeakSet()
+        self._secrets: tuple[str, ...] = ()
         self.timeout = timeout
         self.headers = headers
         # Absolute loop.time() at which the whole call (all attempts) must end.
@@ -236,6 +340,17 @@ class HTTPClient:
             with contextlib.suppress(Exception):
                 response.close()
 
+    def proxy_for(self, url: str, proxy_settings: ProxySettings | None = None) -> ProxyURL | None:
+        """The proxy a request to ``url`` goes through, or None for a direct connection.
+
+        A provider's own ``proxy_settings`` win (they are about that
+        destination: a local model's loopback, a region-locked API), then the
+        call's ``proxy=``, then the client's. Raises ``ProxyConfigError`` when
+        a ``proxies`` dict has no entry for the URL's scheme.
+        """
+        settings = proxy_settings or self._call_proxy or self._proxy
+        return settings.for_url(url)
+
     @contextlib.asynccontextmanager
     async def open(
         self,
@@ -251,9 +366,9 @@ class HTTPClient:
         """Send a request; yield the 2xx response, raise the typed error otherwise.
 
         The call's timeout and deadline apply; ``proxy_settings`` (a provider's
-        own) overrides the client's.
+        own) overrides the call's and the client's (see `proxy_for`).
         """
-        proxy = (proxy_settings or self._proxy).for_url(url)
+        proxy = self.proxy_for(url, proxy_settings)
         session = self._transport._session(proxy)
         client_timeout = _client_timeout(self.timeout, self.deadline)
         body = dumps(json_body) if json_body is not None else None
@@ -262,6 +377,8 @@ class HTTPClient:
         send_headers.update(headers or {})
         http_proxy = proxy.url if proxy is not None and not proxy.is_socks else None
         self._current_proxy = proxy
+        self._secrets = _header_secrets(send_headers) + (proxy.secrets() if proxy else ())
+        failure = None
         try:
             raw = await session.request(
                 method,
@@ -273,12 +390,16 @@ class HTTPClient:
                 timeout=client_timeout,
             )
         except BaseException as exc:
-            raise self.translate(exc, provider) from exc
-        response = HTTPResponse(raw, self, provider)
+            failure = self.translate(exc, provider, proxy=proxy)
+            if failure is exc:
+                raise
+        if failure is not None:
+            raise failure  # outside the except block: see HTTPResponse.iter_bytes
+        response = HTTPResponse(raw, self, provider, proxy)
         self._open.add(response)
         try:
             if raw.status >= 400:
-                raise await self._status_error(raw, provider)
+                raise await self._status_error(raw, provider, proxy)
             yield response
         finally:
             self._open.discard(response)
@@ -290,48 +411,115 @@ class HTTPClient:
                 raw.close()
 
     async def _status_error(
-        self, raw: aiohttp.ClientResponse, provider: str
+        self, raw: aiohttp.ClientResponse, provider: str, proxy: ProxyURL | None
     ) -> BaseException:
+        if raw.status == 407 and proxy is not None and not proxy.is_socks:
+            # A plain-http target goes through an HTTP proxy without CONNECT,
+            # so the proxy's refusal arrives as an ordinary response.
+            return ProxyError(
+                f"{provider}: proxy {proxy.without_credentials} refused the request:"
+                " HTTP 407 Proxy Authentication Required (check the user name and password)",
+                provider=provider,
+            )
         try:
             body = await raw.content.read(_MAX_ERROR_BODY)
         except BaseException as exc:
-            return self.translate(exc, provider, reading=True)
+            return self.translate(exc, provider, reading=True, proxy=proxy)
         return error_from_status(raw.status, body, dict(raw.headers), provider=provider)
 
-    def translate(self, exc: BaseException, provider: str, *, reading: bool = False) -> BaseException:
-        """Map an aiohttp / aiohttp_socks / OS exception to chatkit's tree."""
-        import aiohttp
+    def translate(
+        self,
+        exc: BaseException,
+        provider: str,
+        *,
+        reading: bool = False,
+        proxy: ProxyURL | None = None,
+    ) -> BaseException:
+        """Map an aiohttp / aiohttp_socks / OS exception to chatkit's tree.
 
+        Returns ``exc`` itself when it needs no translation. Otherwise the
+        chatkit error comes with ``__cause__`` set: ``exc``, or a
+        ``RedactedCause`` when ``exc``'s text holds a proxy password or key.
+        """
         if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit | APIError):
             return exc
-        proxy = self._current_proxy
-        secrets = self._proxy.secrets() + (proxy.secrets() if proxy else ())
-        detail = _scrub(f"{type(exc).__name__}: {exc}".rstrip(": "), secrets)
-        if isinstance(exc, TimeoutError):
-            what = "reading the response" if reading else "connecting or waiting for headers"
-            return APITimeoutError(f"{provider}: timed out {what} ({detail})", provider=provider)
-        if _is_proxy_failure(exc, proxy, reading):
-            return ProxyError(f"{provider}: proxy {proxy} failed: {detail}", provider=provider)
-        if isinstance(exc, aiohttp.ClientError | OSError | asyncio.IncompleteReadError):
-            action = "connection lost while reading" if reading else "cannot connect"
-            return APIConnectionError(f"{provider}: {action}: {detail}", provider=provider)
-        return exc
+        if proxy is None:
+            proxy = self._current_proxy
+        secrets = self._secrets + self._proxy.secrets() + (proxy.secrets() if proxy else ())
+        if self._call_proxy is not None:
+            secrets += self._call_proxy.secrets()
+        error = _classify(exc, provider, proxy, reading, secrets)
+        if error is exc:
+            return exc
+        error.__cause__ = _safe_cause(exc, secrets)
+        error.__suppress_context__ = True
+        return error
 
 
-def _is_proxy_failure(exc: BaseException, proxy: ProxyURL | None, reading: bool) -> bool:
-    if proxy is None or reading:
-        return False
+def _classify(
+    exc: BaseException,
+    provider: str,
+    proxy: ProxyURL | None,
+    reading: bool,
+    secrets: tuple[str, ...],
+) -> BaseException:
     import aiohttp
 
-    if isinstance(exc, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
-        return True
-    if proxy.is_socks:
-        from aiohttp_socks import ProxyError as SocksProxyError
+    detail = _scrub(f"{type(exc).__name__}: {exc}".rstrip(": "), secrets)
+    shown = proxy.without_credentials if proxy is not None else None
+    proxy_failure = _proxy_failure(exc, proxy, reading)
+    if isinstance(exc, TimeoutError) or proxy_failure == "timeout":
+        what = "reading the response" if reading else "connecting or waiting for headers"
+        via = f" through proxy {shown}" if proxy is not None and not reading else ""
+        return APITimeoutError(f"{provider}: timed out {what}{via} ({detail})", provider=provider)
+    if proxy_failure == "refused" and isinstance(exc, aiohttp.ClientHttpProxyError):
+        return ProxyError(
+            f"{provider}: proxy {shown} refused the tunnel: HTTP {exc.status} {exc.message}"
+            + (" (check the user name and password)" if exc.status == 407 else ""),
+            provider=provider,
+        )
+    if proxy_failure is not None and isinstance(exc, asyncio.IncompleteReadError):
+        return ProxyError(
+            f"{provider}: proxy {shown} closed the connection during the SOCKS handshake"
+            " (wrong user name or password?)",
+            provider=provider,
+        )
+    if proxy_failure is not None:
+        return ProxyError(f"{provider}: proxy {shown} failed: {detail}", provider=provider)
+    if isinstance(exc, aiohttp.ClientError | OSError | asyncio.IncompleteReadError):
+        action = "connection lost while reading" if reading else "cannot connect"
+        return APIConnectionError(f"{provider}: {action}: {detail}", provider=provider)
+    return exc
 
-        # Through a SOCKS connector every connect-time failure is the proxy's:
-        # a wrong password shows up as a closed connection, not a proxy error.
-        return isinstance(exc, SocksProxyError | OSError | aiohttp.ClientError | EOFError)
-    return False
+
+def _proxy_failure(exc: BaseException, proxy: ProxyURL | None, reading: bool) -> str | None:
+    """``"timeout"``, ``"refused"`` or ``"failed"`` when the proxy is to blame, else None."""
+    if proxy is None or reading:
+        return None
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return "refused"
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return "failed"
+    if proxy.is_socks:
+        import aiohttp_socks
+        import python_socks
+
+        if isinstance(exc, aiohttp_socks.ProxyTimeoutError | python_socks.ProxyTimeoutError):
+            return "timeout"
+        socks_errors = (
+            aiohttp_socks.ProxyError,
+            aiohttp_socks.ProxyConnectionError,
+            python_socks.ProxyError,
+            python_socks.ProxyConnectionError,
+            # A SOCKS5 proxy that rejects the password just closes the
+            # connection mid-handshake: python-socks sees an incomplete read.
+            asyncio.IncompleteReadError,
+        )
+        if isinstance(exc, socks_errors):
+            return "failed"
+    return None
 
 
 def _client_timeout(timeout: Timeout, deadline: float | None) -> aiohttp.ClientTimeout:
