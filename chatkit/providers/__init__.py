@@ -12,12 +12,14 @@ from chatkit._config import env_value
 from chatkit._errors import MissingAuthError, ProviderNotFoundError
 from chatkit.providers._base import Provider, provider_name
 from chatkit.providers.anthropic import Anthropic
+from chatkit.providers.local import Local
 from chatkit.providers.openai import OpenAI
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "PROVIDERS",
     "Anthropic",
+    "Local",
     "OpenAI",
     "Provider",
     "default_provider_class",
@@ -52,7 +54,7 @@ DEFAULT_ORDER = (
 #   myvendor = "myvendor_chatkit:MyVendorProvider"
 ENTRY_POINT_GROUP = "chatkit.providers"
 
-PROVIDERS: dict[str, type] = {"openai": OpenAI, "anthropic": Anthropic}
+PROVIDERS: dict[str, type] = {"openai": OpenAI, "anthropic": Anthropic, "local": Local}
 
 
 def get_provider_class(name: str) -> type:
