@@ -126,18 +126,15 @@ class _StreamState:
         finish: str | None = None,
         usage: CompletionUsage | None = None,
     ) -> ChatCompletionChunk:
-        # Built without validation: every value was type-checked on the way in.
-        choice = ChunkChoice.model_construct(
-            index=0, delta=delta, finish_reason=finish, logprobs=None
-        )
-        return ChatCompletionChunk.model_construct(
+        # Plain constructors: measured faster than model_construct (which
+        # computes every default in Python) and they still validate.
+        choice = ChunkChoice(delta=delta, finish_reason=finish)
+        return ChatCompletionChunk(
             id=self.id,
-            object="chat.completion.chunk",
             created=self.created,
             model=self.model,
             choices=[choice],
             usage=usage,
-            system_fingerprint=None,
             provider=self.provider,
         )
 
@@ -151,7 +148,7 @@ class _StreamState:
         kind = payload.get("type") or event.event
         try:
             return self._dispatch(kind, payload)
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise _decode_error(self.provider, f"malformed {kind} event", event.data) from exc
 
     def _dispatch(self, kind: str, payload: dict[str, Any]) -> ChatCompletionChunk | None:
@@ -178,26 +175,22 @@ class _StreamState:
         self.created = int(time.time())
         usage = message.get("usage")
         self.start_usage = usage if isinstance(usage, dict) else None
-        return self.chunk(ChoiceDelta.model_construct(role="assistant", content=""))
+        return self.chunk(ChoiceDelta(role="assistant", content=""))
 
     def _block_start(self, index: int, block: dict[str, Any]) -> ChatCompletionChunk | None:
         kind = block["type"]
         if kind == "tool_use":
             ordinal = self.tool_index[index] = len(self.tool_index)
-            function = ChoiceDeltaFunctionCall.model_construct(
-                name=_text(block["name"], strict=True), arguments=""
-            )
-            call = ChoiceDeltaToolCall.model_construct(
+            function = ChoiceDeltaFunctionCall(name=_text(block["name"], strict=True), arguments="")
+            call = ChoiceDeltaToolCall(
                 index=ordinal,
                 id=_text(block["id"], strict=True),
                 type="function",
                 function=function,
             )
-            return self.chunk(ChoiceDelta.model_construct(tool_calls=[call]))
+            return self.chunk(ChoiceDelta(tool_calls=[call]))
         if kind == "text" and block.get("text"):
-            return self.chunk(
-                ChoiceDelta.model_construct(content=_text(block["text"], strict=True))
-            )
+            return self.chunk(ChoiceDelta(content=_text(block["text"], strict=True)))
         # thinking starts empty; redacted_thinking and server tool blocks carry
         # nothing an OpenAI-style chunk can hold.
         return None
@@ -205,22 +198,18 @@ class _StreamState:
     def _block_delta(self, index: int, delta: dict[str, Any]) -> ChatCompletionChunk | None:
         kind = delta["type"]
         if kind == "text_delta":
-            return self.chunk(
-                ChoiceDelta.model_construct(content=_text(delta["text"], strict=True))
-            )
+            return self.chunk(ChoiceDelta(content=_text(delta["text"], strict=True)))
         if kind == "input_json_delta":
             fragment = _text(delta["partial_json"], strict=True)
             ordinal = self.tool_index.get(index)
             if not fragment or ordinal is None:
                 return None
-            function = ChoiceDeltaFunctionCall.model_construct(name=None, arguments=fragment)
-            call = ChoiceDeltaToolCall.model_construct(
-                index=ordinal, id=None, type=None, function=function
-            )
-            return self.chunk(ChoiceDelta.model_construct(tool_calls=[call]))
+            function = ChoiceDeltaFunctionCall(arguments=fragment)
+            call = ChoiceDeltaToolCall(index=ordinal, function=function)
+            return self.chunk(ChoiceDelta(tool_calls=[call]))
         if kind == "thinking_delta":
             thinking = _text(delta["thinking"], strict=True)
-            return self.chunk(ChoiceDelta.model_construct(reasoning_content=thinking))
+            return self.chunk(ChoiceDelta(reasoning_content=thinking))
         # signature_delta (thinking integrity) and citations_delta have no OpenAI field.
         return None
 
@@ -230,7 +219,7 @@ class _StreamState:
         if finish is not None:
             self.finished = True
         final_usage = _usage(self.start_usage, usage if isinstance(usage, dict) else None)
-        return self.chunk(ChoiceDelta.model_construct(), finish, final_usage)
+        return self.chunk(ChoiceDelta(), finish, final_usage)
 
 
 def _text(value: Any, *, strict: bool = False) -> str:
