@@ -49,9 +49,8 @@ def dumps(body: Any) -> bytes:
 
 
 def _scrub(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
+    for secret in secrets:  # never empty: see ProxyURL.secrets and _header_secrets
+        text = text.replace(secret, "***")
     return text
 
 
@@ -242,6 +241,12 @@ class Transport:
                     _detach(session)
         self._per_loop.clear()
 
+    async def __aenter__(self) -> Transport:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -317,7 +322,7 @@ class HTTPClient:
         self._call_proxy = call_proxy
         self._current_proxy: ProxyURL | None = None
         self._open: weakref.WeakSet[HTTPResponse] = weakref.WeakSet()
-        self._secrets: tuple[str, ...] = ()
+        self._secrets: tuple[str, ...] = _header_secrets(headers)
         self.timeout = timeout
         self.headers = headers
         # Absolute loop.time() at which the whole call (all attempts) must end.
@@ -421,11 +426,9 @@ class HTTPClient:
                 " HTTP 407 Proxy Authentication Required (check the user name and password)",
                 provider=provider,
             )
-        try:
-            body = await raw.content.read(_MAX_ERROR_BODY)
-        except BaseException as exc:
-            return self.translate(exc, provider, reading=True, proxy=proxy)
-        return error_from_status(raw.status, body, dict(raw.headers), provider=provider)
+        return error_from_status(
+            raw.status, await _error_body(raw), dict(raw.headers), provider=provider
+        )
 
     def translate(
         self,
@@ -454,6 +457,27 @@ class HTTPClient:
         error.__cause__ = _safe_cause(exc, secrets)
         error.__suppress_context__ = True
         return error
+
+
+async def _error_body(raw: aiohttp.ClientResponse) -> bytes:
+    """Up to ``_MAX_ERROR_BODY`` bytes of an error response.
+
+    ``content.read(n)`` returns whatever has arrived, so it loops. When the
+    body breaks off or stalls, the status already says what went wrong: keep
+    the part that arrived rather than turn a 503 into a connection error.
+    """
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while size < _MAX_ERROR_BODY:
+            data = await raw.content.read(_MAX_ERROR_BODY - size)
+            if not data:
+                break
+            parts.append(data)
+            size += len(data)
+    except Exception:  # the status says enough: see the docstring
+        pass
+    return b"".join(parts)
 
 
 def _classify(

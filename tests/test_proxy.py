@@ -774,3 +774,99 @@ def test_connect_with_wrong_credentials_is_a_proxy_error(
     assert isinstance(cause, RedactedCause) and "ClientHttpProxyError" in str(cause)
     assert_secret_free(all_text(caught.value))
     assert_secret_free(caplog.text)
+
+
+# -- the pproxy helper itself --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        ({"protocol": "ftp"}, "protocol must be one of"),
+        ({"protocol": "socks4", "username": "a", "password": "b"}, "SOCKS4 has no password"),
+        ({"protocol": "http", "username": "a"}, "needs both"),
+        ({"protocol": "socks5", "password": "b"}, "needs both"),
+        ({"protocol": "http", "username": "a", "password": ""}, "non-empty single-line"),
+        ({"protocol": "http", "username": "a\nb", "password": "c"}, "non-empty single-line"),
+    ],
+)
+def test_proxy_server_validates_its_arguments(args: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        ProxyServer(**args)
+
+
+def test_proxy_server_addresses_need_a_running_server() -> None:
+    idle = ProxyServer("http")
+    assert repr(idle) == "ProxyServer(http, not started)"
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = idle.url
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = idle.address
+
+
+def test_proxy_server_without_auth(server: FakeOpenAIServer) -> None:
+    with start_pproxy("socks5") as open_proxy:
+        assert open_proxy.url == open_proxy.address == f"socks5://127.0.0.1:{open_proxy.port}"
+        assert "with auth" not in repr(open_proxy)
+        with pytest.raises(RuntimeError, match="already started"):
+            open_proxy.start()
+        assert chat("async", stream=False, provider=provider_for(server), proxy=open_proxy.url)
+        assert open_proxy.wait_for_connections(port=server.port, host="127.0.0.1")
+        assert not open_proxy.wait_for_connections(2, port=server.port, timeout=0.05)
+        assert not open_proxy.wait_for_rejections(timeout=0.05)
+        assert any("->" in line for line in open_proxy.log)
+
+
+def test_proxy_server_keeps_rejected_passwords_out_of_its_log(
+    socks5: ProxyServer, server: FakeOpenAIServer
+) -> None:
+    before = socks5.rejections
+    with pytest.raises(ProxyError):
+        chat(
+            "async",
+            stream=False,
+            provider=provider_for(server),
+            proxy=socks5.proxy_url(password=WRONG),
+            max_retries=0,
+        )
+    assert socks5.wait_for_rejections(before + 1)
+    assert any(line.startswith("Unauthorized") for line in socks5.log)
+    assert_secret_free("\n".join(socks5.log))
+    assert "alice" not in repr(socks5) and PASSWORD not in repr(socks5)
+
+
+def test_proxy_server_reports_a_process_that_dies(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    doomed = ProxyServer("http", username="a", password="b")
+    with pytest.raises(RuntimeError, match="pproxy did not start: the process exited"):
+        doomed.start()
+    assert doomed._auth_file is None  # the credentials file is gone
+
+
+# -- the seed example ------------------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "seed_via_socks.py"
+
+
+def test_seed_example_runs_through_an_authenticated_socks5_proxy() -> None:
+    if getattr(chatkit, "Client", None) is None:
+        pytest.skip("chatkit.Client (the sync facade) is not available yet")
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer_part, separator, proof = done.stdout.partition("---\n")
+    assert separator
+    # The seed prints one delta per line, the role chunk's empty content first.
+    assert "".join(answer_part.splitlines()) == ANSWER
+    server_line, *logged = proof.splitlines()
+    port = server_line.rpartition(":")[2]
+    assert server_line.startswith("server: 127.0.0.1:") and port.isdigit()
+    assert logged
+    for line in logged:
+        assert line.startswith("proxy log: socks5 127.0.0.1:")
+        assert line.endswith(f"-> 127.0.0.1:{port}")

@@ -204,17 +204,15 @@ class ProxyServer:
         """Stop the process and the log reader; remove the credentials file."""
         process, self._process = self._process, None
         if process is not None:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=5)
-                except subprocess.TimeoutExpired:  # pragma: no cover - pproxy ignores TERM
-                    process.kill()
-                    process.wait()
-            if self._reader is not None:
-                self._reader.join(timeout=5)
-            if process.stdout is not None:
-                process.stdout.close()
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # pragma: no cover - pproxy ignores TERM
+                process.kill()
+                process.wait()
+            assert self._reader is not None and process.stdout is not None
+            self._reader.join(timeout=5)
+            process.stdout.close()
         if self._auth_file is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self._auth_file)
@@ -261,9 +259,11 @@ class ProxyServer:
         assert process is not None and process.stdout is not None
         for raw in process.stdout:
             self._take_line(raw.rstrip("\n"))
+        status = process.wait()
         with self._cond:
-            if not self._started and self._failed is None:
-                self._failed = f"the process exited with status {process.wait()}"
+            if not self._started:
+                last = self.log[-1] if self.log else "no output"
+                self._failed = f"the process exited with status {status} ({last})"
             self._cond.notify_all()
 
     def _take_line(self, line: str) -> None:
@@ -274,8 +274,6 @@ class ProxyServer:
             if serving and not self._started:
                 self.port = int(serving.group(2))
                 self._started = True
-            elif line.startswith("Start server failed"):
-                self._failed = line
             elif connection:
                 client, target = connection.group(2), connection.group(3)
                 host, _, port = target.rpartition(":")
