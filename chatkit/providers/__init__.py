@@ -12,14 +12,18 @@ from chatkit._config import env_value
 from chatkit._errors import MissingAuthError, ProviderNotFoundError
 from chatkit.providers._base import Provider, provider_name
 from chatkit.providers.anthropic import Anthropic
+from chatkit.providers.gemini import Gemini
 from chatkit.providers.local import Local
+from chatkit.providers.ollama import Ollama
 from chatkit.providers.openai import OpenAI
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "PROVIDERS",
     "Anthropic",
+    "Gemini",
     "Local",
+    "Ollama",
     "OpenAI",
     "Provider",
     "default_provider_class",
@@ -54,7 +58,13 @@ DEFAULT_ORDER = (
 #   myvendor = "myvendor_chatkit:MyVendorProvider"
 ENTRY_POINT_GROUP = "chatkit.providers"
 
-PROVIDERS: dict[str, type] = {"openai": OpenAI, "anthropic": Anthropic, "local": Local}
+PROVIDERS: dict[str, type] = {
+    "openai": OpenAI,
+    "anthropic": Anthropic,
+    "gemini": Gemini,
+    "ollama": Ollama,
+    "local": Local,
+}
 
 
 def get_provider_class(name: str) -> type:

@@ -1,0 +1,415 @@
+"""Google Gemini through the Generative Language API (``generateContent``).
+
+Wire references (what this file translates to and from):
+
+- requests and ``GenerateContentResponse``: https://ai.google.dev/api/generate-content
+- ``Content`` / ``Part`` (text, inlineData, fileData, functionCall,
+  functionResponse, thought): https://ai.google.dev/api/caching#Content
+- function calling and ``toolConfig``: https://ai.google.dev/gemini-api/docs/function-calling
+- thought signatures: https://ai.google.dev/gemini-api/docs/thought-signatures
+- file inputs (inline data, external URLs): https://ai.google.dev/gemini-api/docs/file-input-methods
+- error bodies ``{"error": {"code", "message", "status", "details"}}``:
+  https://ai.google.dev/gemini-api/docs/troubleshooting
+- model list: https://ai.google.dev/api/models#method:-models.list
+
+The key travels in the ``x-goog-api-key`` header only: a key in the URL would
+end up in proxies' logs and in error messages.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, suppress
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+from chatkit._assemble import CompletionBuilder
+from chatkit._errors import (
+    APIStatusError,
+    AuthenticationError,
+    ResponseDecodeError,
+    StreamInterrupted,
+    UnsupportedCapabilityError,
+    error_from_event,
+)
+from chatkit._request import ChatRequest
+from chatkit._transport import HTTPClient, HTTPResponse
+from chatkit._types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChoiceDelta,
+    ChoiceDeltaFunctionCall,
+    ChoiceDeltaToolCall,
+    ChunkChoice,
+    CompletionUsage,
+    Model,
+    set_provider,
+)
+from chatkit.providers._base import Capabilities
+from chatkit.providers._common import resolve_endpoint, sse_batches
+from chatkit.providers._gemini_request import generate_content_body, unsupported_param
+
+__all__ = ["Gemini"]
+
+# https://ai.google.dev/api/generate-content#FinishReason; STOP becomes
+# "tool_calls" when the candidate called a function. Other values pass through
+# lower-cased so callers can still see why generation ended.
+_FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length"} | dict.fromkeys(
+    ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"),
+    "content_filter",
+)
+# The pydantic extra field a tool call's thought signature travels in.
+_EXTRA = "extra_content"
+_MODEL_FIELDS = ("displayName", "description", "inputTokenLimit", "outputTokenLimit")
+
+
+class Gemini:
+    """Gemini models through ``generativelanguage.googleapis.com``.
+
+    The key comes from ``api_key=``, else ``GEMINI_API_KEY``, else
+    ``GOOGLE_API_KEY``; it is required unless ``base_url`` is given (a gateway
+    that adds it). ``image_url`` parts with data URLs go inline; http(s) URLs
+    are sent as ``fileData`` for the API to fetch.
+    """
+
+    name: ClassVar[str] = "Gemini"
+    default_base_url: ClassVar[str] = "https://generativelanguage.googleapis.com"
+    api_key_env: ClassVar[tuple[str, ...]] = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+    default_model: str = "gemini-2.5-flash"
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        default_model: str | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        api_version: str = "v1beta",
+        proxy: str | None = None,
+        proxies: Mapping[str, str] | None = None,
+        trust_env: bool = True,
+    ) -> None:
+        endpoint = resolve_endpoint(
+            self.name,
+            api_key=api_key,
+            base_url=base_url,
+            api_key_env=self.api_key_env,
+            base_url_env=(),
+            default_base_url=self.default_base_url,
+            key_required=base_url is None,
+            proxy=proxy,
+            proxies=proxies,
+            trust_env=trust_env,
+        )
+        self.base_url = endpoint.base_url
+        self._api_key = endpoint.api_key
+        self.proxy_settings = endpoint.proxy_settings
+        self.api_version = api_version.strip("/")
+        if default_model is not None:
+            self.default_model = default_model
+        self._headers = dict(default_headers or {})
+
+    def __repr__(self) -> str:
+        key = "set" if self._api_key else "none"
+        return f"Gemini(base_url={self.base_url!r}, api_key={key})"
+
+    # -- before any I/O ------------------------------------------------------
+
+    def check_request(self, request: ChatRequest) -> None:
+        """Fail before I/O on what Gemini cannot do or what cannot be translated."""
+        self.capabilities.check(request, self.name)
+        param = unsupported_param(request)
+        if param is not None:
+            raise UnsupportedCapabilityError(
+                f"{self.name} has no equivalent of {param!r}; pass Gemini fields in"
+                " extra_body={...} instead",
+                field=param,
+            )
+        self._body(request)
+
+    def _body(self, request: ChatRequest) -> dict[str, Any]:
+        return generate_content_body(request, model=request.model or self.default_model)
+
+    # -- HTTP ----------------------------------------------------------------
+
+    def _headers_for(self, accept: str, extra: Mapping[str, str] = {}) -> dict[str, str]:
+        headers = {"Accept": accept}
+        if self._api_key:
+            headers["x-goog-api-key"] = self._api_key
+        headers.update(self._headers)
+        headers.update(extra)
+        return headers
+
+    def _url(self, model: str, method: str) -> str:
+        resource = model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
+        return f"{self.base_url}/{self.api_version}/{quote(resource, safe='/')}:{method}"
+
+    @asynccontextmanager
+    async def _post(
+        self, request: ChatRequest, http: HTTPClient, *, stream: bool
+    ) -> AsyncIterator[HTTPResponse]:
+        model = request.model or self.default_model
+        params = {"alt": "sse"} if stream else {}
+        params.update(request.extra_query)
+        method = "streamGenerateContent" if stream else "generateContent"
+        accept = "text/event-stream" if stream else "application/json"
+        try:
+            async with http.open(
+                "POST",
+                self._url(model, method),
+                provider=self.name,
+                headers=self._headers_for(accept, request.extra_headers),
+                json_body=self._body(request),
+                params=params or None,
+                proxy_settings=self.proxy_settings,
+            ) as response:
+                yield response
+        except APIStatusError as exc:
+            refined = _refine(exc)
+            if refined is exc:
+                raise
+            raise refined from exc
+
+    async def stream(
+        self, request: ChatRequest, http: HTTPClient
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        reader = _ResponseReader(self.name)
+        async with self._post(request, http, stream=True) as response:
+            async for events in sse_batches(response):
+                for event in events:
+                    chunk = reader.read(_decode(event.data, self.name))
+                    if chunk is not None:
+                        yield chunk
+        if not reader.finished:
+            raise StreamInterrupted(
+                f"{self.name}: the stream ended before a finishReason", provider=self.name
+            )
+
+    async def complete(self, request: ChatRequest, http: HTTPClient) -> ChatCompletion:
+        async with self._post(request, http, stream=False) as response:
+            raw = await response.read()
+        chunk = _ResponseReader(self.name).read(_decode(raw, self.name))
+        builder = CompletionBuilder()
+        if chunk is not None:
+            builder.add(chunk)
+        completion = builder.build()
+        if chunk is not None:
+            _keep_tool_call_extras(completion, chunk)
+        set_provider(completion, self.name)
+        return completion
+
+    async def list_models(self, http: HTTPClient) -> list[Model]:
+        """Models that can ``generateContent``, every page of them."""
+        models: list[Model] = []
+        token: str | None = None
+        for _ in range(100):  # a bound on pages, in case a server keeps paging
+            params = {"pageSize": "1000", **({"pageToken": token} if token else {})}
+            async with http.open(
+                "GET",
+                f"{self.base_url}/{self.api_version}/models",
+                provider=self.name,
+                headers=self._headers_for("application/json"),
+                params=params,
+                proxy_settings=self.proxy_settings,
+            ) as response:
+                page = await response.json()
+            if not isinstance(page, dict):
+                raise ResponseDecodeError(
+                    f"{self.name}: model list is not an object", provider=self.name
+                )
+            models.extend(_models(page.get("models"), self.name))
+            token = page.get("nextPageToken")
+            if not isinstance(token, str) or not token:
+                break
+        return models
+
+
+# -- response translation ----------------------------------------------------
+
+
+def _decode(data: str | bytes, provider: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(data)
+    except ValueError as exc:
+        raise ResponseDecodeError(
+            f"{provider}: response is not JSON: {data[:200]!r}", provider=provider
+        ) from exc
+    if not isinstance(payload, dict):
+        raise ResponseDecodeError(
+            f"{provider}: response is not a JSON object: {data[:200]!r}", provider=provider
+        )
+    if "error" in payload:
+        raise error_from_event(payload, provider=provider)
+    return payload
+
+
+class _ResponseReader:
+    """Turns ``GenerateContentResponse`` objects into OpenAI chunks, statefully.
+
+    A stream is complete once a candidate reports a ``finishReason`` (or the
+    prompt was blocked). The chunk that finishes carries the usage: the last
+    ``usageMetadata`` seen, which Gemini repeats, growing, on every event.
+    """
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.model = ""
+        self.created = int(time.time())
+        self.finished = False
+        self.usage: CompletionUsage | None = None
+        self._tool_calls: dict[int, int] = {}  # candidate index -> calls so far
+        self._opened: set[int] = set()
+
+    def read(self, payload: dict[str, Any]) -> ChatCompletionChunk | None:
+        if isinstance(payload.get("responseId"), str):
+            self.id = payload["responseId"]
+        if isinstance(payload.get("modelVersion"), str):
+            self.model = payload["modelVersion"]
+        if isinstance(payload.get("usageMetadata"), dict):
+            self.usage = _usage(payload["usageMetadata"])
+        candidates = payload.get("candidates") or ()
+        choices = [c for c in map(self._choice, candidates) if c is not None]
+        blocked = (payload.get("promptFeedback") or {}).get("blockReason")
+        if not candidates and blocked:
+            # A refused prompt gets no candidate at all, only the reason.
+            self.finished = True
+            delta = ChoiceDelta(role="assistant", content="")
+            choices = [ChunkChoice(delta=delta, finish_reason="content_filter")]
+        if not choices:
+            return None
+        finishing = any(c.finish_reason is not None for c in choices)
+        chunk = ChatCompletionChunk(
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=choices,
+            usage=self.usage if finishing else None,
+        )
+        set_provider(chunk, self.provider)
+        return chunk
+
+    def _choice(self, candidate: dict[str, Any]) -> ChunkChoice | None:
+        index = candidate.get("index", 0)
+        text: list[str] = []
+        thoughts: list[str] = []
+        calls: list[ChoiceDeltaToolCall] = []
+        for part in (candidate.get("content") or {}).get("parts") or ():
+            if "functionCall" in part:
+                calls.append(self._tool_call(index, part))
+            elif isinstance(part.get("text"), str):
+                (thoughts if part.get("thought") else text).append(part["text"])
+        raw_reason = candidate.get("finishReason")
+        if not (text or thoughts or calls or raw_reason):
+            return None
+        delta = ChoiceDelta(
+            content="".join(text) if text or not (thoughts or calls) else None,
+            reasoning_content="".join(thoughts) or None,
+            tool_calls=calls or None,
+        )
+        if index not in self._opened:
+            self._opened.add(index)
+            delta.role = "assistant"
+        reason = None
+        if isinstance(raw_reason, str):
+            self.finished = True
+            reason = _FINISH_REASONS.get(raw_reason, raw_reason.lower())
+            if reason == "stop" and self._tool_calls.get(index):
+                reason = "tool_calls"
+        return ChunkChoice(index=index, delta=delta, finish_reason=reason)
+
+    def _tool_call(self, candidate: int, part: dict[str, Any]) -> ChoiceDeltaToolCall:
+        call = part["functionCall"]
+        position = self._tool_calls.get(candidate, 0)
+        self._tool_calls[candidate] = position + 1
+        arguments = json.dumps(call.get("args") or {}, separators=(",", ":"), ensure_ascii=False)
+        delta = ChoiceDeltaToolCall(
+            index=position,
+            # Gemini rarely sends ids; OpenAI-style callers need one to answer with.
+            id=call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
+            type="function",
+            function=ChoiceDeltaFunctionCall(name=call.get("name", ""), arguments=arguments),
+        )
+        if part.get("thoughtSignature"):
+            # Where Google's own OpenAI-compatible endpoint puts it, so the
+            # signature survives a round trip through the caller's history.
+            signature = {"google": {"thought_signature": part["thoughtSignature"]}}
+            setattr(delta, _EXTRA, signature)
+        return delta
+
+
+def _usage(meta: dict[str, Any]) -> CompletionUsage:
+    prompt = int(meta.get("promptTokenCount") or 0) + int(meta.get("toolUsePromptTokenCount") or 0)
+    thoughts = int(meta.get("thoughtsTokenCount") or 0)
+    completion = int(meta.get("candidatesTokenCount") or 0) + thoughts
+    fields: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": int(meta.get("totalTokenCount") or prompt + completion),
+    }
+    if thoughts:
+        fields["completion_tokens_details"] = {"reasoning_tokens": thoughts}
+    cached = meta.get("cachedContentTokenCount")
+    if cached:
+        fields["prompt_tokens_details"] = {"cached_tokens": int(cached)}
+    return CompletionUsage.model_validate(fields)
+
+
+def _keep_tool_call_extras(completion: ChatCompletion, chunk: ChatCompletionChunk) -> None:
+    """Copy ``extra_content`` (thought signatures), which the assembler drops."""
+    extras: dict[tuple[int, int], Any] = {}
+    for streamed in chunk.choices:
+        for delta in streamed.delta.tool_calls or ():
+            extra = getattr(delta, _EXTRA, None)
+            if extra is not None:
+                extras[(streamed.index, delta.index)] = extra
+    for choice in completion.choices:
+        for position, call in enumerate(choice.message.tool_calls or ()):
+            extra = extras.get((choice.index, position))
+            if extra is not None:
+                setattr(call, _EXTRA, extra)
+
+
+def _refine(error: APIStatusError) -> APIStatusError:
+    """Read what Google puts in the error body, not in headers.
+
+    A bad key is a 400 with reason API_KEY_INVALID (an authentication error to
+    callers), and a 429 says how long to wait in a ``RetryInfo`` detail.
+    """
+    body = error.body if isinstance(error.body, dict) else {}
+    details = [d for d in body.get("details") or () if isinstance(d, dict)]
+    has_hint = any(k.lower() in ("retry-after", "retry-after-ms") for k in error.headers)
+    for detail in details:
+        delay = detail.get("retryDelay")
+        if isinstance(delay, str) and delay.endswith("s") and not has_hint:
+            with suppress(ValueError):
+                error.headers["retry-after"] = str(max(float(delay[:-1]), 0.0))
+    if not isinstance(error, AuthenticationError) and any(
+        d.get("reason") == "API_KEY_INVALID" for d in details
+    ):
+        return AuthenticationError(
+            error.message,
+            status_code=error.status_code,
+            body=error.body,
+            headers=error.headers,
+            provider=error.provider,
+        )
+    return error
+
+
+def _models(items: Any, provider: str) -> Iterator[Model]:
+    for item in items or ():
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            continue
+        methods = item.get("supportedGenerationMethods")
+        if isinstance(methods, list) and "generateContent" not in methods:
+            continue  # embedding and other non-chat models
+        fields = {k: item[k] for k in _MODEL_FIELDS if k in item}
+        name = item["name"].removeprefix("models/")
+        yield Model.model_validate(
+            {**fields, "id": name, "owned_by": "google", "provider": provider}
+        )

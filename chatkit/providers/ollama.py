@@ -1,0 +1,437 @@
+"""Ollama's native chat API: ``POST /api/chat``, streamed as NDJSON.
+
+Wire references (what this file translates to and from):
+
+- request and response objects: https://docs.ollama.com/api/chat and
+  https://github.com/ollama/ollama/blob/main/docs/api.md#generate-a-chat-completion
+- streaming (one JSON object per line, ``done: true`` last):
+  https://docs.ollama.com/api/streaming
+- errors (``{"error": "..."}`` bodies, error lines mid-stream):
+  https://docs.ollama.com/api/errors
+- tools: https://docs.ollama.com/capabilities/tool-calling; thinking
+  (``think``, ``message.thinking``): https://docs.ollama.com/capabilities/thinking;
+  ``format``: https://docs.ollama.com/capabilities/structured-outputs
+- model list: ``GET /api/tags``, https://docs.ollama.com/api/tags
+
+NDJSON is not SSE: lines are split here, from raw reads, with a size cap.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
+from datetime import datetime
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from chatkit._assemble import CompletionBuilder
+from chatkit._config import check_base_url, env_value
+from chatkit._errors import (
+    APIStatusError,
+    InvalidRequestError,
+    ResponseDecodeError,
+    StreamInterrupted,
+    UnsupportedCapabilityError,
+    error_from_event,
+)
+from chatkit._request import ChatRequest
+from chatkit._transport import HTTPClient, HTTPResponse
+from chatkit._types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChoiceDelta,
+    ChoiceDeltaFunctionCall,
+    ChoiceDeltaToolCall,
+    ChunkChoice,
+    CompletionUsage,
+    Model,
+    set_provider,
+)
+from chatkit.providers._base import Capabilities
+from chatkit.providers._common import resolve_endpoint
+from chatkit.providers._ollama_request import chat_body, unsupported_param
+
+__all__ = ["Ollama", "ollama_base_url"]
+
+DEFAULT_PORT = 11434
+_MAX_LINE = 16 * 1024 * 1024
+
+
+def ollama_base_url(address: str) -> str:
+    """The base URL for an ``OLLAMA_HOST``-style address.
+
+    Like Ollama itself: ``host``, ``host:port`` and ``:port`` mean http on port
+    11434 unless given; a URL with a scheme keeps its scheme's default port.
+    A bind-all address (0.0.0.0, ::) means this machine.
+    """
+    value = address.strip()
+    has_scheme = "://" in value
+    parts = urlsplit(value if has_scheme else f"http://{value}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise InvalidRequestError(
+            f"base_url: bad port in Ollama address {address!r}", field="base_url"
+        ) from None
+    host = parts.hostname or "127.0.0.1"
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None and not has_scheme:
+        port = DEFAULT_PORT
+    netloc = host if port is None else f"{host}:{port}"
+    return check_base_url(f"{parts.scheme}://{netloc}{parts.path}")
+
+
+class Ollama:
+    """A local or remote Ollama server, through its native ``/api/chat``.
+
+    The address comes from ``base_url=``, else ``OLLAMA_HOST``, else
+    ``http://localhost:11434``. No key is needed; ``api_key=`` (or
+    ``OLLAMA_API_KEY``) is sent as a bearer token, for servers behind an
+    authenticating proxy or ollama.com. Images must be data URLs: Ollama does
+    not fetch URLs, and chatkit does not fetch them on its behalf.
+    """
+
+    name: ClassVar[str] = "Ollama"
+    default_base_url: ClassVar[str] = "http://localhost:11434"
+    default_model: str = "llama3.2"
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    max_line_size: int = _MAX_LINE
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        default_model: str | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        keep_alive: str | float | None = None,
+        proxy: str | None = None,
+        proxies: Mapping[str, str] | None = None,
+        trust_env: bool = True,
+    ) -> None:
+        address = base_url or env_value("OLLAMA_HOST") or self.default_base_url
+        if not isinstance(address, str):
+            raise InvalidRequestError("base_url must be a string URL", field="base_url")
+        endpoint = resolve_endpoint(
+            self.name,
+            api_key=api_key,
+            base_url=ollama_base_url(address),
+            api_key_env=("OLLAMA_API_KEY",),
+            base_url_env=(),
+            default_base_url=self.default_base_url,
+            key_required=False,
+            proxy=proxy,
+            proxies=proxies,
+            trust_env=trust_env,
+        )
+        self.base_url = endpoint.base_url
+        self._api_key = endpoint.api_key
+        self.proxy_settings = endpoint.proxy_settings
+        self.keep_alive = keep_alive
+        if default_model is not None:
+            self.default_model = default_model
+        self._headers = dict(default_headers or {})
+
+    def __repr__(self) -> str:
+        key = "set" if self._api_key else "none"
+        return f"Ollama(base_url={self.base_url!r}, api_key={key})"
+
+    @classmethod
+    def is_configured(cls) -> bool:
+        """Whether the environment points at an Ollama server (``OLLAMA_HOST``).
+
+        Nothing is probed: finding out whether a server answers would be I/O.
+        """
+        return env_value("OLLAMA_HOST") is not None
+
+    # -- before any I/O ------------------------------------------------------
+
+    def check_request(self, request: ChatRequest) -> None:
+        """Fail before I/O on what Ollama cannot do or what cannot be translated."""
+        self.capabilities.check(request, self.name)
+        param = unsupported_param(request)
+        if param is not None:
+            raise UnsupportedCapabilityError(
+                f"{self.name} has no equivalent of {param}={request.params[param]!r}; pass"
+                " Ollama fields in extra_body={...} instead",
+                field=param,
+            )
+        self._body(request, stream=request.stream)
+
+    def _body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        model = request.model or self.default_model
+        return chat_body(request, model=model, stream=stream, keep_alive=self.keep_alive)
+
+    # -- HTTP ----------------------------------------------------------------
+
+    def _headers_for(self, accept: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        headers = {"Accept": accept}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        headers.update(self._headers)
+        headers.update(extra or {})
+        return headers
+
+    @asynccontextmanager
+    async def _open(
+        self, http: HTTPClient, method: str, path: str, **kwargs: Any
+    ) -> AsyncIterator[HTTPResponse]:
+        try:
+            async with http.open(
+                method,
+                f"{self.base_url}{path}",
+                provider=self.name,
+                proxy_settings=self.proxy_settings,
+                **kwargs,
+            ) as response:
+                yield response
+        except APIStatusError as exc:
+            restated = _restate(exc)
+            if restated is exc:
+                raise
+            raise restated from exc
+
+    def _chat(
+        self, request: ChatRequest, http: HTTPClient, *, stream: bool
+    ) -> AbstractAsyncContextManager[HTTPResponse]:
+        accept = "application/x-ndjson" if stream else "application/json"
+        return self._open(
+            http,
+            "POST",
+            "/api/chat",
+            headers=self._headers_for(accept, request.extra_headers),
+            json_body=self._body(request, stream=stream),
+            params=request.extra_query or None,
+        )
+
+    async def stream(
+        self, request: ChatRequest, http: HTTPClient
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        reader = _ChatReader(self.name)
+        async with self._chat(request, http, stream=True) as response:
+            lines = _ndjson(response, self.max_line_size, self.name)
+            async with aclosing(lines):
+                async for obj in lines:
+                    chunk = reader.read(obj)
+                    if chunk is not None:
+                        yield chunk
+                    if reader.finished:
+                        break
+        if not reader.finished:
+            raise StreamInterrupted(
+                f"{self.name}: the stream ended before its done line", provider=self.name
+            )
+
+    async def complete(self, request: ChatRequest, http: HTTPClient) -> ChatCompletion:
+        async with self._chat(request, http, stream=False) as response:
+            raw = await response.read()
+        reader = _ChatReader(self.name)
+        builder = CompletionBuilder()
+        chunk = reader.read(_decode(raw, self.name))
+        if chunk is not None:
+            builder.add(chunk)
+        completion = builder.build()
+        set_provider(completion, self.name)
+        return completion
+
+    async def list_models(self, http: HTTPClient) -> list[Model]:
+        """The models pulled onto the server (``GET /api/tags``)."""
+        async with self._open(
+            http, "GET", "/api/tags", headers=self._headers_for("application/json")
+        ) as response:
+            payload = await response.json()
+        items = payload.get("models") if isinstance(payload, dict) else None
+        return list(_models(items, self.name))
+
+
+# -- response translation ----------------------------------------------------
+
+
+class _Lines:
+    """Splits a byte stream at newlines; a line over ``limit`` bytes is an error."""
+
+    def __init__(self, limit: int, provider: str) -> None:
+        self._limit = limit
+        self._provider = provider
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def _check(self, size: int) -> None:
+        if size > self._limit:
+            raise ResponseDecodeError(
+                f"{self._provider}: an NDJSON line exceeds {self._limit} bytes",
+                provider=self._provider,
+            )
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._parts.append(data)
+        self._size += len(data)
+        if b"\n" not in data:
+            self._check(self._size)
+            return []
+        # Joining only when a line ends keeps a long line linear, not quadratic.
+        lines = b"".join(self._parts).split(b"\n")
+        rest = lines.pop()
+        self._parts = [rest] if rest else []
+        self._size = len(rest)
+        self._check(max(self._size, *(len(line) for line in lines)))
+        return lines
+
+    def flush(self) -> list[bytes]:
+        rest = b"".join(self._parts)
+        self._parts, self._size = [], 0
+        return [rest]
+
+
+def _decode(line: bytes, provider: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(line)
+    except ValueError as exc:
+        raise ResponseDecodeError(
+            f"{provider}: response line is not JSON: {line[:200]!r}", provider=provider
+        ) from exc
+    if not isinstance(obj, dict):
+        raise ResponseDecodeError(
+            f"{provider}: response line is not a JSON object: {line[:200]!r}", provider=provider
+        )
+    if "error" in obj:
+        # Ollama's errors are bare strings; give the event builder a message.
+        raise error_from_event({"message": str(obj["error"])}, provider=provider)
+    return obj
+
+
+async def _ndjson(
+    response: HTTPResponse, limit: int, provider: str
+) -> AsyncGenerator[dict[str, Any]]:
+    lines = _Lines(limit, provider)
+    async for data in response.iter_bytes():
+        for line in lines.feed(data):
+            if line.strip():
+                yield _decode(line, provider)
+    for line in lines.flush():
+        if line.strip():
+            yield _decode(line, provider)
+
+
+class _ChatReader:
+    """Turns ``/api/chat`` response objects into OpenAI chunks, statefully.
+
+    The ``done`` object finishes the answer and carries its counts, so the
+    finishing chunk carries the usage.
+    """
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = ""
+        self.finished = False
+        self.usage: CompletionUsage | None = None
+        self._tool_calls = 0
+        self._opened = False
+
+    def read(self, obj: dict[str, Any]) -> ChatCompletionChunk | None:
+        if isinstance(obj.get("model"), str):
+            self.model = obj["model"]
+        message: dict[str, Any] = obj["message"] if isinstance(obj.get("message"), dict) else {}
+        content = message.get("content") or ""
+        thinking = message.get("thinking") or ""
+        calls = [self._tool_call(c) for c in message.get("tool_calls") or ()]
+        reason = None
+        if obj.get("done") is True:
+            self.finished = True
+            raw = obj.get("done_reason") or "stop"
+            reason = "tool_calls" if raw == "stop" and self._tool_calls else raw
+            prompt = int(obj.get("prompt_eval_count") or 0)
+            completion = int(obj.get("eval_count") or 0)
+            self.usage = CompletionUsage(
+                prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+            )
+        if not (content or thinking or calls or reason):
+            return None
+        delta = ChoiceDelta(
+            content=content if content or not (thinking or calls) else None,
+            reasoning_content=thinking or None,
+            tool_calls=calls or None,
+        )
+        if not self._opened:
+            self._opened = True
+            delta.role = "assistant"
+        chunk = ChatCompletionChunk(
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=[ChunkChoice(delta=delta, finish_reason=reason)],
+            usage=self.usage if reason is not None else None,
+        )
+        set_provider(chunk, self.provider)
+        return chunk
+
+    def _tool_call(self, call: Any) -> ChoiceDeltaToolCall:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            raise ResponseDecodeError(
+                f"{self.provider}: a tool call without a function: {call!r:.200}",
+                provider=self.provider,
+            )
+        arguments = function.get("arguments")
+        if not isinstance(arguments, str):
+            # Ollama sends an object; OpenAI callers expect JSON text.
+            arguments = json.dumps(arguments or {}, separators=(",", ":"), ensure_ascii=False)
+        index = self._tool_calls
+        self._tool_calls += 1
+        return ChoiceDeltaToolCall(
+            index=index,
+            id=call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
+            type="function",
+            function=ChoiceDeltaFunctionCall(name=function.get("name", ""), arguments=arguments),
+        )
+
+
+def _restate(error: APIStatusError) -> APIStatusError:
+    """Ollama's error bodies are ``{"error": "text"}``: put the text in the message."""
+    body = error.body
+    if not (isinstance(body, dict) and isinstance(body.get("error"), str)):
+        return error
+    return type(error)(
+        f"{error.provider}: {error.status_code} {body['error']}",
+        status_code=error.status_code,
+        body=body,
+        headers=error.headers,
+        provider=error.provider,
+    )
+
+
+def _models(items: Any, provider: str) -> Iterator[Model]:
+    for item in items or ():
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            continue
+        fields = {k: item[k] for k in ("size", "digest", "details", "modified_at") if k in item}
+        yield Model.model_validate(
+            {
+                **fields,
+                "id": item["name"],
+                "created": _timestamp(item.get("modified_at")),
+                "owned_by": "ollama",
+                "provider": provider,
+            }
+        )
+
+
+def _timestamp(value: Any) -> int:
+    """Seconds since the epoch for Ollama's RFC 3339 times (nanosecond precision)."""
+    if not isinstance(value, str):
+        return 0
+    head, dot, rest = value.partition(".")
+    if dot:
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        value = f"{head}.{rest[: min(digits, 6)]}{rest[digits:]}"
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return 0
