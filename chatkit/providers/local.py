@@ -149,13 +149,12 @@ class _Worker:
             )
         if not reply.get("ok"):
             status = proc.wait()
-            detail = reply.get("error") or _log_tail(log)
+            detail = _log_tail(log) or reply.get("error") or f"exit status {status}"
             self._stop_locked()
             if status in _SIGILL_EXIT:
                 raise _cpu_error()
             raise ModelNotFoundError(
-                f"Local: cannot load {model_path}: {_log_tail(log) or detail}",
-                field="model_path",
+                f"Local: cannot load {model_path}: {detail}", field="model_path"
             )
         self._url, self._key = str(reply["url"]), key
 
@@ -440,7 +439,7 @@ class Local:
         if self.is_default_model:
             for choice in completion.choices:
                 if choice.message.content:
-                    choice.message.content = choice.message.content.lstrip()
+                    choice.message.content = choice.message.content.strip()
         return completion
 
     async def list_models(self, http: HTTPClient) -> list[Model]:
