@@ -24,8 +24,10 @@ _EXPORTS: dict[str, str] = {
     "ChoiceDeltaToolCall": "chatkit._types",
     "ChunkChoice": "chatkit._types",
     "CompletionUsage": "chatkit._types",
+    "IterListProvider": "chatkit._retry_provider",
     "Model": "chatkit._types",
     "RetryPolicy": "chatkit._retry",
+    "RetryProvider": "chatkit._retry_provider",
     "Timeout": "chatkit._config",
     "ToolCall": "chatkit._types",
 }
@@ -82,6 +84,7 @@ __all__ = [
     "ConflictError",
     "InternalServerError",
     "InvalidRequestError",
+    "IterListProvider",
     "MissingAuthError",
     "Model",
     "ModelNotFoundError",
@@ -95,6 +98,7 @@ __all__ = [
     "ResponseDecodeError",
     "RetryNoProviderError",
     "RetryPolicy",
+    "RetryProvider",
     "RetryProviderError",
     "SSEDecodeError",
     "StreamInterrupted",
@@ -152,6 +156,7 @@ if TYPE_CHECKING:
     )
     from chatkit._request import ChatRequest
     from chatkit._retry import Attempt, RetryPolicy
+    from chatkit._retry_provider import IterListProvider, RetryProvider
     from chatkit._streaming import AsyncChatStream
     from chatkit._types import (
         ChatCompletion,

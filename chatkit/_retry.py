@@ -9,6 +9,10 @@ The commit point: a stream is retried or falls back only until the first
 content (text, reasoning, tool call) is handed to the caller. Chunks before
 it (the role-only opener) are held back, so a failed attempt leaves no trace.
 After it, any failure raises ``StreamInterrupted`` with the text so far.
+
+Nesting: when a candidate is itself a retrying provider (``handles_retries``),
+its ``RetryingCall`` is adopted: it shares this call's ``http`` (so the same
+overall deadline) and attempt list, so the caller sees every leaf attempt.
 """
 
 from __future__ import annotations
@@ -57,12 +61,16 @@ _RETRY_STATUSES = frozenset({408, 409, 429})
 class RetryPolicy:
     """When to retry on the same provider, and how long to wait first.
 
-    max_retries: retries per provider after its first attempt.
+    max_retries: retries per provider after its first attempt (so at most
+        ``max_retries + 1`` attempts of one provider).
     backoff_base / backoff_max: exponential backoff ``base * 2**n`` capped at
         ``backoff_max``, with full jitter (a uniform draw from 0 to that).
     retry_after_max: the longest ``Retry-After`` / ``retry-after-ms`` honoured;
         a longer hint moves on to the next provider instead of sleeping.
     retry_statuses: statuses retried besides every 5xx.
+    retry_on: an optional classifier consulted first: it returns True (retry
+        on the same provider), False (move on to the next) or None (use the
+        rules above).
     """
 
     max_retries: int = 2
@@ -70,6 +78,7 @@ class RetryPolicy:
     backoff_max: float = 8.0
     retry_after_max: float = 60.0
     retry_statuses: frozenset[int] = _RETRY_STATUSES
+    retry_on: Callable[[BaseException], bool | None] | None = None
 
     def __post_init__(self) -> None:
         if (
@@ -85,16 +94,23 @@ class RetryPolicy:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise InvalidRequestError(f"{name} must be a number >= 0", field=name)
+        if self.retry_on is not None and not callable(self.retry_on):
+            raise InvalidRequestError("retry_on must be a callable or None", field="retry_on")
 
     def decide(self, error: BaseException) -> Decision:
         """``"retry"`` if the same provider may succeed later, else ``"next"``."""
+        if self.retry_on is not None:
+            verdict = self.retry_on(error)
+            if verdict is not None:
+                return "retry" if verdict else "next"
         if isinstance(error, APIStatusError):
             hint = _header(error, "x-should-retry")
             if hint in ("true", "false"):
                 return "retry" if hint == "true" else "next"
             status = error.status_code
             return "retry" if status in self.retry_statuses or status >= 500 else "next"
-        if isinstance(error, APIConnectionError):
+        # Third-party providers may raise the builtin kinds rather than chatkit's.
+        if isinstance(error, APIConnectionError | TimeoutError | ConnectionError):
             return "retry"
         return "next"
 
@@ -146,9 +162,18 @@ def _header(error: BaseException, name: str) -> str | None:
     return None
 
 
+_MAX_REASON = 300
+
+
 @dataclass
 class Attempt:
-    """One try of one provider, or a provider skipped before trying."""
+    """One try of one provider, or a provider skipped before trying.
+
+    number: 1-based position among every attempt of the call (skips included).
+    retry: 0 for a provider's first attempt, n for its n-th retry.
+    delay: the backoff slept before the next attempt of the same provider;
+        None when the call moved on (or ended) after this attempt.
+    """
 
     provider: str
     number: int
@@ -167,18 +192,31 @@ class Attempt:
         return self.error is None and not self.skipped
 
     def describe(self) -> str:
-        if self.skipped:
-            return f"{self.provider}: skipped: {self.error}"
+        """One line: provider, attempt number, and the status or exception."""
         if self.error is None:
             return f"{self.provider} (attempt {self.number}): ok"
-        status = f" {self.status_code}" if self.status_code is not None else ""
-        wait = f", retrying in {self.delay:.2f}s" if self.delay is not None else ""
-        return (
-            f"{self.provider} (attempt {self.number}):{status}"
-            f" {type(self.error).__name__}: {self.error}{wait}"
-        )
+        reason = self._reason(self.error)
+        if self.skipped:
+            return f"{self.provider}: skipped: {reason}"
+        wait = f"; retrying in {self.delay:.3g}s" if self.delay is not None else ""
+        return f"{self.provider} (attempt {self.number}): {reason}{wait}"
+
+    def _reason(self, error: BaseException) -> str:
+        message = " ".join(str(error).split())
+        prefix = f"{self.provider}: "
+        if message.startswith(prefix):
+            message = message[len(prefix) :]
+        status = self.status_code
+        if status is not None and not message.startswith(f"{status} "):
+            message = f"{status} {message}"
+        if len(message) > _MAX_REASON:
+            message = message[: _MAX_REASON - 3] + "..."
+        return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+    __str__ = describe
 
 
+# Nothing was sent: the provider cannot take this call at all, so it is skipped.
 _SKIP_ERRORS = (MissingAuthError, UnsupportedCapabilityError)
 
 
@@ -192,6 +230,9 @@ class RetryingCall:
         (up to ``policy.max_retries`` times) before moving on.
     aggregate: raise ``RetryProviderError`` listing every attempt when all fail;
         otherwise re-raise the last error, with the attempts as a note.
+    timeout: seconds for this call from its start, every attempt, backoff and
+        the streamed answer included; the earlier of it and ``http``'s own
+        deadline (the client's ``Timeout.total``) wins.
     """
 
     candidates: Sequence[Any]
@@ -204,80 +245,142 @@ class RetryingCall:
     label: str = "chatkit"
     attempts: list[Attempt] = field(default_factory=list)
     provider: str | None = None
+    timeout: float | None = None
+    _parent: RetryingCall | None = field(default=None, repr=False)
+    _deadline: float | None = field(default=None, repr=False)
+    _first: int = field(default=0, repr=False)
+    _timed_out: bool = field(default=False, repr=False)
+
+    # -- bookkeeping ---------------------------------------------------------
 
     def _record(self, attempt: Attempt) -> None:
         self.attempts.append(attempt)
         logger.debug("%s: %s", self.label, attempt.describe())
-        if self.on_attempt is not None:
-            self.on_attempt(attempt)
+        call: RetryingCall | None = self
+        while call is not None:
+            if call.on_attempt is not None:
+                try:
+                    call.on_attempt(attempt)
+                except Exception:
+                    # A logging or metrics hook must not change the call's outcome.
+                    logger.exception("%s: on_attempt hook failed", call.label)
+            call = call._parent
+
+    def _remaining(self) -> float | None:
+        """Seconds left before the earlier of this call's and the http deadline."""
+        remaining = self.http.remaining()
+        if self._deadline is not None:
+            own = self._deadline - asyncio.get_running_loop().time()
+            remaining = own if remaining is None else min(remaining, own)
+        return remaining
+
+    def _out_of_time(self) -> bool:
+        remaining = self._remaining()
+        if remaining is not None and remaining <= 0:
+            self._timed_out = True
+        return self._timed_out
 
     def _resolve(self, candidate: Any) -> Any:
         provider = candidate() if isinstance(candidate, type) else candidate
         check = getattr(provider, "check_request", None)
         if check is not None:
             check(self.request)
+        if getattr(provider, "handles_retries", False):
+            make = getattr(provider, "retrying_call", None)
+            if callable(make):
+                return self._adopt(make(self.request, self.http))
         return provider
+
+    def _adopt(self, inner: RetryingCall) -> RetryingCall:
+        # The nested call records into our list, so numbering continues and
+        # the caller sees every leaf attempt; its hooks and ours both fire.
+        inner.attempts = self.attempts
+        inner._parent = self
+        return inner
+
+    # -- the loop ------------------------------------------------------------
 
     async def _run(self, try_once: Callable[[Any, str], Awaitable[T]]) -> T:
         loop = asyncio.get_running_loop()
         self.http.start()
-        number = 0
+        if self.timeout is not None and self._deadline is None:
+            self._deadline = loop.time() + self.timeout
+        self._first = len(self.attempts)
         for candidate in self.candidates:
+            if self._out_of_time():
+                break
             try:
                 provider = self._resolve(candidate)
             except _SKIP_ERRORS as exc:
-                number += 1
-                skipped = Attempt(provider_name(candidate), number, error=exc, skipped=True)
-                self._record(skipped)
+                self._skip(provider_name(candidate), exc)
                 continue
-            name = provider_name(provider)
+            name = provider.label if isinstance(provider, RetryingCall) else provider_name(provider)
             retry = 0
             while True:
-                number += 1
-                attempt = Attempt(name, number, retry)
+                attempt = Attempt(name, len(self.attempts) + 1, retry)
                 started = loop.time()
                 try:
                     result = await try_once(provider, name)
+                except _SKIP_ERRORS as exc:
+                    self._skip(name, exc)
+                    break
                 except Exception as exc:
                     error: Exception = exc
-                    attempt.error = error
                     attempt.duration = loop.time() - started
                 else:
-                    attempt.duration = loop.time() - started
-                    self._record(attempt)
+                    if not isinstance(provider, RetryingCall):
+                        attempt.duration = loop.time() - started
+                        self._record(attempt)
                     return result
-                remaining = self.http.remaining()
-                out_of_time = remaining is not None and remaining <= 0
+                if isinstance(provider, RetryingCall):
+                    # Its attempts are already in our list; it is never retried whole.
+                    if not isinstance(error, RetryProviderError):
+                        attempt.error = error
+                        self._record(attempt)
+                    break
+                attempt.error = error
+                remaining = self._remaining()
                 can_retry = self.retry_same and retry < self.policy.max_retries
-                if not out_of_time and can_retry and self.policy.decide(error) == "retry":
+                if not self._out_of_time() and can_retry and self.policy.decide(error) == "retry":
                     attempt.delay = self.policy.delay(error, retry, remaining)
                 self._record(attempt)
-                if out_of_time:
-                    raise self._failure()
                 if attempt.delay is None:
                     break
                 await anyio.sleep(attempt.delay)
                 retry += 1
         raise self._failure()
 
+    def _skip(self, name: str, error: BaseException) -> None:
+        self._record(Attempt(name, len(self.attempts) + 1, error=error, skipped=True))
+
     def _failure(self) -> BaseException:
-        tried = [a for a in self.attempts if not a.skipped]
-        lines = "\n".join(f"  {a.describe()}" for a in self.attempts)
+        mine = self.attempts[self._first :]
+        tried = [a for a in mine if not a.skipped]
+        lines = "\n".join(f"  {a.describe()}" for a in mine)
         if not self.aggregate and tried and tried[-1].error is not None:
             error = tried[-1].error
-            if len(self.attempts) > 1:
-                error.add_note(f"chatkit made {len(self.attempts)} attempts:\n{lines}")
+            if len(mine) > 1:
+                error.add_note(f"chatkit made {len(mine)} attempts:\n{lines}")
             return error
         if not tried:
-            if not self.aggregate and self.attempts and self.attempts[-1].error is not None:
-                return self.attempts[-1].error
-            reason = f":\n{lines}" if lines else ": the provider list is empty"
+            if not self.aggregate and mine and mine[-1].error is not None:
+                return mine[-1].error
+            if lines:
+                reason = f":\n{lines}"
+            elif self._timed_out:
+                reason = ": the call's deadline was reached"
+            else:
+                reason = ": the provider list is empty"
             return RetryNoProviderError(
-                f"{self.label}: no provider could be tried{reason}", attempts=self.attempts
+                f"{self.label}: no provider could be tried{reason}", attempts=mine
             )
+        deadline = " (the call's deadline was reached)" if self._timed_out else ""
         return RetryProviderError(
-            f"{self.label}: all {len(tried)} attempts failed:\n{lines}", attempts=self.attempts
+            f"{self.label}: all {len(tried)} attempts failed{deadline}:\n{lines}", attempts=mine
         )
+
+    def _bounded(self, limit: float | None) -> asyncio.Timeout:
+        return asyncio.timeout(max(limit, 0.0) if limit is not None else None)
 
     # -- non-streamed --------------------------------------------------------
 
@@ -287,22 +390,37 @@ class RetryingCall:
         return completion
 
     async def _complete_once(self, provider: Any, name: str) -> ChatCompletion:
-        complete = getattr(provider, "complete", None)
-        if complete is not None:
-            completion: ChatCompletion = await complete(self.request, self.http)
-        else:
-            builder = CompletionBuilder()
-            agen = provider.stream(self.request, self.http)
-            try:
-                async for chunk in agen:
-                    builder.add(chunk)
-            finally:
-                await _close_quietly(agen)
-            completion = builder.build()
+        limit = self._remaining()
+        try:
+            async with self._bounded(limit) as scope:
+                completion = await self._complete_unbounded(provider)
+        except TimeoutError as exc:
+            if not scope.expired() or isinstance(exc, ChatkitError):
+                raise
+            raise APITimeoutError(
+                f"{name}: no answer within the {limit:.3g}s left before the call's deadline",
+                provider=name,
+            ) from exc
         if completion.provider is None:
             set_provider(completion, name)
         self.provider = completion.provider
         return completion
+
+    async def _complete_unbounded(self, provider: Any) -> ChatCompletion:
+        if isinstance(provider, RetryingCall):
+            return await provider.complete()
+        complete = getattr(provider, "complete", None)
+        if complete is not None:
+            completion: ChatCompletion = await complete(self.request, self.http)
+            return completion
+        builder = CompletionBuilder()
+        agen = provider.stream(self.request, self.http)
+        try:
+            async for chunk in agen:
+                builder.add(chunk)
+        finally:
+            await _close_quietly(agen)
+        return builder.build()
 
     # -- streamed ------------------------------------------------------------
 
@@ -310,12 +428,20 @@ class RetryingCall:
         """The chunks of the first attempt that reaches content, then the rest of it."""
         agen, held, name = await self._run(self._open_stream)
         parts: list[str] = []
+        # The http deadline is enforced by the transport; a tighter one of our
+        # own must be enforced here, chunk by chunk.
+        http_deadline = self.http.deadline
+        own = self._deadline
+        bounded = own is not None and (http_deadline is None or own < http_deadline)
         try:
             for chunk in held:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    parts.append(chunk.choices[0].delta.content)
+                _collect(parts, chunk)
                 yield chunk
-            if agen is not None:
+            if agen is not None and bounded:
+                while (chunk_or_none := await self._next_bounded(agen, name)) is not None:
+                    _collect(parts, chunk_or_none)
+                    yield chunk_or_none
+            elif agen is not None:
                 async for chunk in agen:
                     if chunk.choices:
                         content = chunk.choices[0].delta.content
@@ -323,10 +449,13 @@ class RetryingCall:
                             parts.append(content)
                     yield chunk
         except Exception as exc:
+            text = "".join(parts)
+            if isinstance(exc, StreamInterrupted) and exc.partial_text == text and exc.provider:
+                raise  # already complete (from a nested RetryingCall)
             cause = exc.cause if isinstance(exc, StreamInterrupted) and exc.cause else exc
             raise StreamInterrupted(
                 f"{name}: the stream broke off after content had been delivered: {cause}",
-                partial_text="".join(parts),
+                partial_text=text,
                 provider=name,
                 cause=cause,
             ) from exc
@@ -334,17 +463,34 @@ class RetryingCall:
             if agen is not None:
                 await _close_quietly(agen)
 
+    async def _next_bounded(
+        self, agen: AsyncIterator[ChatCompletionChunk], name: str
+    ) -> ChatCompletionChunk | None:
+        limit = self._remaining()
+        try:
+            async with self._bounded(limit) as scope:
+                return await _next(agen)
+        except TimeoutError as exc:
+            if not scope.expired() or isinstance(exc, ChatkitError):
+                raise
+            raise APITimeoutError(
+                f"{name}: the call's deadline was reached", provider=name
+            ) from exc
+
     async def _open_stream(
         self, provider: Any, name: str
     ) -> tuple[AsyncIterator[ChatCompletionChunk] | None, list[ChatCompletionChunk], str]:
         """Run one attempt up to its first content; hold back what came before."""
-        agen = provider.stream(self.request, self.http)
+        nested = isinstance(provider, RetryingCall)
+        agen = provider.stream() if nested else provider.stream(self.request, self.http)
         held: list[ChatCompletionChunk] = []
-        limit = _min_seconds(self.http.timeout.first_token, self.http.remaining())
+        # A nested call applies first_token to each of its own attempts.
+        first_token = None if nested else self.http.timeout.first_token
+        limit = _min_seconds(first_token, self._remaining())
         try:
             # asyncio.timeout, not an anyio scope: the provider may hold scopes of
             # its own across yields, and an anyio scope must exit innermost-first.
-            async with asyncio.timeout(limit):
+            async with self._bounded(limit) as scope:
                 async for chunk in agen:
                     held.append(chunk)
                     if chunk.has_content:
@@ -352,18 +498,32 @@ class RetryingCall:
                         return agen, held, self.provider
         except TimeoutError as exc:
             await _close_quietly(agen)
-            if isinstance(exc, ChatkitError):
+            if not scope.expired() or isinstance(exc, ChatkitError):
                 raise
-            waited = f"within {limit:.3g}s " if limit is not None else ""
             raise APITimeoutError(
-                f"{name}: no content {waited}(first_token/total timeout)", provider=name
+                f"{name}: no content within {limit:.3g}s (first_token/total timeout)",
+                provider=name,
             ) from exc
         except BaseException:
             await _close_quietly(agen)
             raise
         # The stream ended without content: a complete, empty answer.
-        self.provider = name
-        return None, held, name
+        self.provider = held[0].provider if held and held[0].provider else name
+        return None, held, self.provider
+
+
+def _collect(parts: list[str], chunk: ChatCompletionChunk) -> None:
+    if chunk.choices:
+        content = chunk.choices[0].delta.content
+        if content:
+            parts.append(content)
+
+
+async def _next(agen: AsyncIterator[ChatCompletionChunk]) -> ChatCompletionChunk | None:
+    try:
+        return await agen.__anext__()
+    except StopAsyncIteration:
+        return None
 
 
 def _min_seconds(*values: float | None) -> float | None:

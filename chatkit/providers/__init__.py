@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
 
 from chatkit._config import env_value
 from chatkit._errors import MissingAuthError, ProviderNotFoundError
@@ -17,15 +18,20 @@ from chatkit.providers.local import Local
 from chatkit.providers.ollama import Ollama
 from chatkit.providers.openai import OpenAI
 
+if TYPE_CHECKING:
+    from chatkit._retry_provider import IterListProvider, RetryProvider
+
 __all__ = [
     "ENTRY_POINT_GROUP",
     "PROVIDERS",
     "Anthropic",
     "Gemini",
+    "IterListProvider",
     "Local",
     "Ollama",
     "OpenAI",
     "Provider",
+    "RetryProvider",
     "default_provider_class",
     "get_provider_class",
     "is_configured",
@@ -57,6 +63,22 @@ DEFAULT_ORDER = (
 #   [project.entry-points."chatkit.providers"]
 #   myvendor = "myvendor_chatkit:MyVendorProvider"
 ENTRY_POINT_GROUP = "chatkit.providers"
+
+_COMBINATORS = ("IterListProvider", "RetryProvider")
+
+
+def __getattr__(name: str) -> Any:
+    # The combinators drive providers, so they live a layer up (chatkit._retry_provider);
+    # imported on first use here so that ``from chatkit.providers import RetryProvider``
+    # works as in g4f without an import cycle.
+    if name in _COMBINATORS:
+        from chatkit import _retry_provider
+
+        value = getattr(_retry_provider, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 PROVIDERS: dict[str, type] = {
     "openai": OpenAI,

@@ -1,0 +1,207 @@
+"""``RetryProvider`` and ``IterListProvider``: many providers behind one.
+
+g4f's names, with the semantics of ``RetryingCall``: retry only what can
+succeed, honour Retry-After, one deadline, and never repeat or splice tokens
+(the commit point). Each is itself a provider, so they nest; the client
+drives them through ``retrying_call`` and adds no retry layer of its own.
+See docs/retries.md for the exact rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, ClassVar
+
+from chatkit._errors import InvalidRequestError
+from chatkit._request import ChatRequest
+from chatkit._retry import Attempt, RetryingCall, RetryPolicy
+from chatkit._transport import HTTPClient
+from chatkit._types import ChatCompletion, ChatCompletionChunk
+from chatkit.providers._base import provider_name
+
+__all__ = ["IterListProvider", "RetryProvider"]
+
+AttemptHook = Callable[[Attempt], object]
+
+
+def _check_providers(providers: object) -> tuple[Any, ...]:
+    if isinstance(providers, str | bytes) or not isinstance(providers, Sequence):
+        raise InvalidRequestError(
+            "providers must be a list of provider classes, instances or registered names",
+            field="providers",
+        )
+    checked = []
+    for index, provider in enumerate(providers):
+        if isinstance(provider, str):
+            # Late import: the registry imports this module lazily, the other way round.
+            from chatkit.providers import get_provider_class
+
+            provider = get_provider_class(provider)
+        if not callable(getattr(provider, "stream", None)):
+            raise InvalidRequestError(
+                f"providers[{index}] is not a provider (it has no stream method):"
+                f" {type(provider).__name__}",
+                field=f"providers[{index}]",
+            )
+        checked.append(provider)
+    return tuple(checked)
+
+
+def _check_timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or math.isnan(timeout)
+        or timeout <= 0
+    ):
+        raise InvalidRequestError(f"timeout must be > 0 seconds, got {timeout!r}", field="timeout")
+    return float(timeout)
+
+
+class IterListProvider:
+    """Try each provider once, in order, until one answers (a fallback chain).
+
+    providers: provider classes (instantiated per call with no arguments, so
+        credentials come from the environment), instances, or registered names.
+    shuffle: randomise the order on every call (g4f's default). Pass
+        ``shuffle=False`` for a strict priority order.
+    timeout: seconds for the whole call through this provider, from its
+        start: every attempt and the streamed answer to its end. The client's
+        ``Timeout.total`` still applies; whichever ends first wins.
+    on_attempt: called with an ``Attempt`` after each attempt (and each
+        skipped provider), for logging and metrics.
+    name: shown in errors and logs.
+    """
+
+    name: str = "IterListProvider"
+    handles_retries: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        providers: Sequence[Any],
+        shuffle: bool = True,
+        *,
+        timeout: float | None = None,
+        on_attempt: AttemptHook | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.providers = _check_providers(providers)
+        self.shuffle = bool(shuffle)
+        self.timeout = _check_timeout(timeout)
+        if on_attempt is not None and not callable(on_attempt):
+            raise InvalidRequestError("on_attempt must be callable", field="on_attempt")
+        self.on_attempt = on_attempt
+        if name is not None:
+            self.name = name
+        self.policy = RetryPolicy(max_retries=0)
+
+    @property
+    def single_provider_retry(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        names = ", ".join(provider_name(p) for p in self.providers)
+        return f"{type(self).__name__}([{names}], shuffle={self.shuffle}{self._repr_extra()})"
+
+    def _repr_extra(self) -> str:
+        return ""
+
+    def _order(self) -> list[Any]:
+        order = list(self.providers)
+        if self.shuffle:
+            random.shuffle(order)
+        return order
+
+    def retrying_call(self, request: ChatRequest, http: HTTPClient) -> RetryingCall:
+        """A fresh call over the providers (shuffled now, if asked)."""
+        return RetryingCall(
+            self._order(),
+            request,
+            http,
+            self.policy,
+            retry_same=self.single_provider_retry,
+            aggregate=True,
+            on_attempt=self.on_attempt,
+            label=self.name,
+            timeout=self.timeout,
+        )
+
+    def stream(self, request: ChatRequest, http: HTTPClient) -> AsyncIterator[ChatCompletionChunk]:
+        """The provider protocol: the answer's chunks, retried up to the commit point."""
+        return self.retrying_call(request, http).stream()
+
+    async def complete(self, request: ChatRequest, http: HTTPClient) -> ChatCompletion:
+        """The provider protocol: a whole answer, retried and fallen back as needed."""
+        return await self.retrying_call(request, http).complete()
+
+
+class RetryProvider(IterListProvider):
+    """Retry and fall back across providers; never repeats or splices tokens.
+
+    single_provider_retry: True: each provider gets up to ``max_retries``
+        retries on retryable errors (with backoff) before the next is tried.
+        False (g4f's default): each provider is tried once, then the next.
+    max_retries: retries of one provider after its first attempt, so at most
+        ``max_retries + 1`` attempts per provider and
+        ``len(providers) * (max_retries + 1)`` in all. Only used when
+        ``single_provider_retry`` is True. Default 2.
+    backoff_base, backoff_max: full-jitter exponential backoff between
+        retries of one provider: a uniform draw from 0 to
+        ``min(backoff_max, backoff_base * 2**n)`` seconds before retry n.
+    retry_after_max: the longest Retry-After / retry-after-ms hint honoured;
+        a longer one (or one past the deadline) moves on to the next
+        provider at once.
+    retry_on: ``f(error) -> True | False | None``: retry on the same
+        provider, move on, or apply the default rules.
+    policy: a whole ``RetryPolicy``; the arguments above override its fields.
+    """
+
+    name: str = "RetryProvider"
+
+    def __init__(
+        self,
+        providers: Sequence[Any],
+        shuffle: bool = True,
+        single_provider_retry: bool = False,
+        max_retries: int | None = None,
+        *,
+        backoff_base: float | None = None,
+        backoff_max: float | None = None,
+        retry_after_max: float | None = None,
+        retry_on: Callable[[BaseException], bool | None] | None = None,
+        policy: RetryPolicy | None = None,
+        timeout: float | None = None,
+        on_attempt: AttemptHook | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(providers, shuffle, timeout=timeout, on_attempt=on_attempt, name=name)
+        if policy is not None and not isinstance(policy, RetryPolicy):
+            raise InvalidRequestError("policy must be a RetryPolicy", field="policy")
+        overrides: dict[str, Any] = {
+            "max_retries": max_retries,
+            "backoff_base": backoff_base,
+            "backoff_max": backoff_max,
+            "retry_after_max": retry_after_max,
+            "retry_on": retry_on,
+        }
+        given = {key: value for key, value in overrides.items() if value is not None}
+        self.policy = dataclasses.replace(policy or RetryPolicy(), **given)
+        self._single_provider_retry = bool(single_provider_retry)
+
+    @property
+    def single_provider_retry(self) -> bool:
+        return self._single_provider_retry
+
+    @property
+    def max_retries(self) -> int:
+        return self.policy.max_retries
+
+    def _repr_extra(self) -> str:
+        return (
+            f", single_provider_retry={self.single_provider_retry}, max_retries={self.max_retries}"
+        )
