@@ -246,10 +246,10 @@ class RetryingCall:
     attempts: list[Attempt] = field(default_factory=list)
     provider: str | None = None
     timeout: float | None = None
-    _parent: RetryingCall | None = field(default=None, repr=False)
-    _deadline: float | None = field(default=None, repr=False)
-    _first: int = field(default=0, repr=False)
-    _timed_out: bool = field(default=False, repr=False)
+    _parent: RetryingCall | None = field(default=None, init=False, repr=False)
+    _deadline: float | None = field(default=None, init=False, repr=False)
+    _first: int = field(default=0, init=False, repr=False)
+    _timed_out: bool = field(default=False, init=False, repr=False)
 
     # -- bookkeeping ---------------------------------------------------------
 
