@@ -516,6 +516,18 @@ def test_call_proxy_overrides_the_clients(
     assert via_http.added() == 0
 
 
+def test_provider_proxy_wins_over_the_call_proxy(
+    mode: str, socks5: ProxyServer, socks4: ProxyServer, server: FakeOpenAIServer
+) -> None:
+    # A provider's own proxy is about its destination (the local model relies
+    # on it to stay off proxies), so a call's proxy= does not replace it.
+    via_socks5, via_socks4 = Route(socks5, server.port), Route(socks4, server.port)
+    provider = provider_for(server, proxy=socks5.url)
+    assert chat(mode, stream=True, provider=provider, call={"proxy": socks4.url}) == ANSWER
+    assert via_socks5.went_through()
+    assert via_socks4.added() == 0
+
+
 # -- the environment, for real -------------------------------------------------
 
 
