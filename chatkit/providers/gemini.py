@@ -261,34 +261,42 @@ class _ResponseReader:
         self.model = ""
         self.created = int(time.time())
         self.finished = False
-        self.usage: CompletionUsage | None = None
+        self._usage_metadata: dict[str, Any] | None = None
         self._tool_calls: dict[int, int] = {}  # candidate index -> calls so far
         self._opened: set[int] = set()
 
     def read(self, payload: dict[str, Any]) -> ChatCompletionChunk | None:
-        if isinstance(payload.get("responseId"), str):
-            self.id = payload["responseId"]
-        if isinstance(payload.get("modelVersion"), str):
-            self.model = payload["modelVersion"]
-        if isinstance(payload.get("usageMetadata"), dict):
-            self.usage = _usage(payload["usageMetadata"])
-        candidates = payload.get("candidates") or ()
-        choices = [c for c in map(self._choice, candidates) if c is not None]
-        blocked = (payload.get("promptFeedback") or {}).get("blockReason")
-        if not candidates and blocked:
+        # Runs once per event: plain dict reads, and usage is only built for
+        # the chunk that finishes, not for every event that repeats it.
+        get = payload.get
+        if isinstance(value := get("responseId"), str):
+            self.id = value
+        if isinstance(value := get("modelVersion"), str):
+            self.model = value
+        if isinstance(value := get("usageMetadata"), dict):
+            self._usage_metadata = value
+        candidates = get("candidates")
+        finishing = False
+        choices: list[ChunkChoice] = []
+        for candidate in candidates or ():
+            choice = self._choice(candidate)
+            if choice is not None:
+                choices.append(choice)
+                finishing = finishing or choice.finish_reason is not None
+        if not candidates and (get("promptFeedback") or {}).get("blockReason"):
             # A refused prompt gets no candidate at all, only the reason.
-            self.finished = True
+            self.finished = finishing = True
             delta = ChoiceDelta(role="assistant", content="")
             choices = [ChunkChoice(delta=delta, finish_reason="content_filter")]
         if not choices:
             return None
-        finishing = any(c.finish_reason is not None for c in choices)
+        meta = self._usage_metadata
         chunk = ChatCompletionChunk(
             id=self.id,
             created=self.created,
             model=self.model,
             choices=choices,
-            usage=self.usage if finishing else None,
+            usage=_usage(meta) if finishing and meta is not None else None,
         )
         set_provider(chunk, self.provider)
         return chunk
@@ -298,19 +306,24 @@ class _ResponseReader:
         text: list[str] = []
         thoughts: list[str] = []
         calls: list[ChoiceDeltaToolCall] = []
-        for part in (candidate.get("content") or {}).get("parts") or ():
+        content = candidate.get("content")
+        for part in content.get("parts") or () if content else ():
+            piece = part.get("text")
             if "functionCall" in part:
                 calls.append(self._tool_call(index, part))
-            elif isinstance(part.get("text"), str):
-                (thoughts if part.get("thought") else text).append(part["text"])
+            elif isinstance(piece, str):
+                (thoughts if part.get("thought") else text).append(piece)
         raw_reason = candidate.get("finishReason")
         if not (text or thoughts or calls or raw_reason):
             return None
-        delta = ChoiceDelta(
-            content="".join(text) if text or not (thoughts or calls) else None,
-            reasoning_content="".join(thoughts) or None,
-            tool_calls=calls or None,
-        )
+        if thoughts or calls:
+            delta = ChoiceDelta(
+                content="".join(text) if text else None,
+                reasoning_content="".join(thoughts) or None,
+                tool_calls=calls or None,
+            )
+        else:
+            delta = ChoiceDelta(content="".join(text))
         if index not in self._opened:
             self._opened.add(index)
             delta.role = "assistant"
