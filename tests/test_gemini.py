@@ -31,7 +31,7 @@ from chatkit import (
     StreamInterrupted,
     UnsupportedCapabilityError,
 )
-from chatkit.providers import PROVIDERS, Gemini
+from chatkit.providers import DEFAULT_ORDER, PROVIDERS, Gemini, default_provider_class
 from chatkit.testing import Behavior, FakeGeminiServer, RecordedRequest
 
 pytestmark = pytest.mark.anyio
@@ -135,6 +135,16 @@ def sse_answer(*events: dict[str, Any]) -> Callable[[web.Request], Awaitable[web
 
 
 # -- configuration -------------------------------------------------------------
+
+
+def test_picked_by_default_when_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nothing earlier in the default order may be configured in this environment.
+    for earlier in DEFAULT_ORDER[: DEFAULT_ORDER.index("gemini")]:
+        for variable in getattr(PROVIDERS.get(earlier), "api_key_env", ()):
+            monkeypatch.delenv(variable, raising=False)
+    assert default_provider_class() is not Gemini
+    monkeypatch.setenv("GOOGLE_API_KEY", "AIza-env")
+    assert default_provider_class() is Gemini
 
 
 def test_registered_under_its_name() -> None:

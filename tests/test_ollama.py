@@ -31,7 +31,7 @@ from chatkit import (
     StreamInterrupted,
     UnsupportedCapabilityError,
 )
-from chatkit.providers import PROVIDERS, Ollama
+from chatkit.providers import DEFAULT_ORDER, PROVIDERS, Ollama, default_provider_class
 from chatkit.providers.ollama import ollama_base_url
 from chatkit.testing import Behavior, FakeOllamaServer, RecordedRequest
 
@@ -161,6 +161,16 @@ DONE = {
 
 
 # -- configuration -------------------------------------------------------------
+
+
+def test_picked_by_default_when_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nothing earlier in the default order may be configured in this environment.
+    for earlier in DEFAULT_ORDER[: DEFAULT_ORDER.index("ollama")]:
+        for variable in getattr(PROVIDERS.get(earlier), "api_key_env", ()):
+            monkeypatch.delenv(variable, raising=False)
+    assert default_provider_class() is not Ollama
+    monkeypatch.setenv("OLLAMA_HOST", "127.0.0.1:1")
+    assert default_provider_class() is Ollama
 
 
 def test_registered_under_its_name() -> None:
