@@ -813,7 +813,7 @@ def test_proxy_server_addresses_need_a_running_server() -> None:
 
 
 def test_proxy_server_without_auth(server: FakeOpenAIServer) -> None:
-    with start_pproxy("socks5") as open_proxy:
+    with ProxyServer("socks5") as open_proxy:
         assert open_proxy.url == open_proxy.address == f"socks5://127.0.0.1:{open_proxy.port}"
         assert "with auth" not in repr(open_proxy)
         with pytest.raises(RuntimeError, match="already started"):
@@ -823,6 +823,7 @@ def test_proxy_server_without_auth(server: FakeOpenAIServer) -> None:
         assert not open_proxy.wait_for_connections(2, port=server.port, timeout=0.05)
         assert not open_proxy.wait_for_rejections(timeout=0.05)
         assert any("->" in line for line in open_proxy.log)
+    open_proxy.close()  # a second close is harmless
 
 
 def test_proxy_server_keeps_rejected_passwords_out_of_its_log(

@@ -25,6 +25,7 @@ from chatkit import (
     APIStatusError,
     APITimeoutError,
     ProxyError,
+    ResponseDecodeError,
     StreamInterrupted,
     Timeout,
 )
@@ -448,3 +449,94 @@ async def test_a_busy_socks_session_survives_the_cap() -> None:
                         release.set()
             assert received == b"first-last"
         assert proxy.wait_for_connections(port=port)
+
+
+# -- bodies, loops and bookkeeping ------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_json_bodies_and_bodies_that_are_not_json() -> None:
+    good = b'HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{"a": 1}'
+    bad = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nnot js!"
+    async with Transport() as transport:
+        for raw, expected in ((good, {"a": 1}), (bad, None)):
+            async with raw_server(answer(raw)) as port:
+                url = f"http://127.0.0.1:{port}/v1/models"
+                async with transport.call().open("GET", url, provider="P") as response:
+                    if expected is not None:
+                        assert await response.json() == expected
+                    else:
+                        with pytest.raises(ResponseDecodeError, match="not JSON"):
+                            await response.json()
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_read_is_not_translated() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+
+    async def headers_only(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await answer(head)(reader, writer)
+        await asyncio.Event().wait()
+
+    async with raw_server(headers_only) as port, Transport() as transport:
+        url = f"http://127.0.0.1:{port}/v1/x"
+        async with transport.call().open("GET", url, provider="P") as response:
+            with anyio.move_on_after(0.2) as scope:
+                await response.read()
+            assert scope.cancelled_caught
+
+
+@pytest.mark.anyio
+async def test_an_error_body_is_capped() -> None:
+    body = b"x" * (1024 * 1024 + 4096)
+    head = f"HTTP/1.1 500 Oops\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    async with raw_server(answer(head + body)) as port, Transport() as transport:
+        with pytest.raises(APIStatusError) as caught:
+            await read_stream(transport.call(), f"http://127.0.0.1:{port}/v1/x")
+    assert caught.value.status_code == 500
+
+
+def test_a_transport_outlives_the_event_loops_that_used_it() -> None:
+    # asyncio.run twice with one client: the first loop's sessions are
+    # dropped, not reused on (or closed from) the second loop.
+    transport = Transport(ProxySettings.create(proxy="socks5://alice:sesame-pw@127.0.0.1:1"))
+    assert "sesame-pw" not in repr(transport)
+
+    async def use() -> int:
+        transport._session(None)
+        return transport.session_count()
+
+    assert asyncio.run(use()) == 1
+    assert transport.open_connections() == 0
+    assert asyncio.run(use()) == 1  # a fresh session on the new loop
+
+    async def close_elsewhere() -> None:
+        await transport.aclose()
+
+    asyncio.run(close_elsewhere())
+    assert transport.session_count() == 0 and transport.closed
+
+    other = Transport()
+    asyncio.run(use_transport(other))
+    asyncio.run(other.aclose())  # the first loop is gone: detach, do not await
+    assert other.session_count() == 0
+
+
+async def use_transport(transport: Transport) -> None:
+    transport._session(None)
+
+
+@pytest.mark.anyio
+async def test_open_connections_skips_closed_sessions() -> None:
+    async with Transport() as transport:
+        session = transport._session(None)
+        await session.close()
+        assert transport.open_connections() == 0
+
+
+@pytest.mark.anyio
+async def test_an_unbounded_call_has_no_deadline() -> None:
+    async with Transport() as transport:
+        http = transport.call(timeout=Timeout(total=None))
+        http.start()
+        assert http.remaining() is None and http.deadline is None
