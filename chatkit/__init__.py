@@ -19,10 +19,12 @@ _EXPORTS: dict[str, str] = {
     "ChatCompletionChunk": "chatkit._types",
     "ChatCompletionMessage": "chatkit._types",
     "ChatRequest": "chatkit._request",
+    "ChatStream": "chatkit._sync",
     "Choice": "chatkit._types",
     "ChoiceDelta": "chatkit._types",
     "ChoiceDeltaToolCall": "chatkit._types",
     "ChunkChoice": "chatkit._types",
+    "Client": "chatkit._sync",
     "CompletionUsage": "chatkit._types",
     "IterListProvider": "chatkit._retry_provider",
     "Model": "chatkit._types",
@@ -75,11 +77,13 @@ __all__ = [
     "ChatCompletionChunk",
     "ChatCompletionMessage",
     "ChatRequest",
+    "ChatStream",
     "ChatkitError",
     "Choice",
     "ChoiceDelta",
     "ChoiceDeltaToolCall",
     "ChunkChoice",
+    "Client",
     "CompletionUsage",
     "ConflictError",
     "InternalServerError",
@@ -158,6 +162,7 @@ if TYPE_CHECKING:
     from chatkit._retry import Attempt, RetryPolicy
     from chatkit._retry_provider import IterListProvider, RetryProvider
     from chatkit._streaming import AsyncChatStream
+    from chatkit._sync import ChatStream, Client
     from chatkit._types import (
         ChatCompletion,
         ChatCompletionChunk,

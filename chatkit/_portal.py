@@ -1,0 +1,279 @@
+"""The one background event loop that every sync ``Client`` in a process shares.
+
+A daemon thread runs an asyncio loop forever; ``current()`` starts it on first
+use. Sync code hands it coroutines (``run``: wait for the result; ``spawn``:
+fire and forget) and callbacks (``call_soon``), all thread-safe, none of them
+ever re-entering or patching the caller's own event loop.
+
+Why not ``anyio.from_thread.BlockingPortalProvider``: its loop stops when the
+last lease is released and runs in a non-daemon worker, so a script that never
+closes its client would hang at exit; its cancel from a foreign thread is a
+blocking round trip (``__del__`` must never block); and neither its lock nor
+its portal survive ``fork``. This module keeps the same shape (one shared loop
+thread, coroutines submitted from any thread) and handles those three cases.
+
+After ``os.fork()`` the child inherits the loop object but not its thread, and
+shares the parent's sockets and epoll instance. The at-fork hook abandons the
+inherited loop: it is kept referenced forever (so no finalizer of the parent's
+tasks or connections ever runs in the child) and its descriptors are pointed
+at ``/dev/null``, so nothing the child does can write to, shut down or
+unregister the parent's connections. The next ``current()`` starts a fresh
+thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["LoopThread", "current", "existing", "shutdown"]
+
+T = TypeVar("T")
+
+STOP_WAIT = 5.0
+"""Seconds ``stop()`` waits for cancelled tasks and for the thread to end."""
+
+
+async def _outcome(coro: Coroutine[Any, Any, T]) -> tuple[bool, Any]:
+    # Every exception, KeyboardInterrupt included, goes back to the waiting
+    # thread as a value: raised on the loop, it would stop the shared loop.
+    try:
+        return True, await coro
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        return False, exc
+
+
+async def _quietly(coro: Coroutine[Any, Any, object]) -> None:
+    # Fire-and-forget work (closing a client nobody holds): nobody is left to
+    # receive an error, and an unretrieved task exception would only be logged.
+    with contextlib.suppress(Exception):
+        await coro
+
+
+class LoopThread:
+    """An asyncio event loop running in a daemon thread until ``stop()``."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        # A selector loop whatever the global policy says: the fork hook
+        # relies on its descriptors (selector, self-pipe, transports).
+        self.loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop()
+        # asyncio keeps only weak references to tasks: these keep ours alive.
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self._thread = threading.Thread(target=self._serve, name="chatkit-loop", daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<LoopThread pid={self.pid} {state}>"
+
+    def _serve(self) -> None:
+        loop = self.loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive() and not self.loop.is_closed()
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    def on_loop_thread(self) -> bool:
+        return threading.get_ident() == self._thread.ident
+
+    # -- submitting work -----------------------------------------------------
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and wait for it; its exception is raised here.
+
+        An exception in the waiting thread (KeyboardInterrupt, ``timeout``)
+        cancels the coroutine before it propagates.
+        """
+        if self.on_loop_thread():
+            coro.close()
+            raise RuntimeError(
+                "a sync chatkit call cannot wait on chatkit's own event loop thread;"
+                " use AsyncClient in async code running there"
+            )
+        wrapped = _outcome(coro)
+        try:
+            future = asyncio.run_coroutine_threadsafe(wrapped, self.loop)
+        except BaseException:
+            wrapped.close()
+            coro.close()
+            raise
+        try:
+            ok, value = future.result(timeout)
+        except concurrent.futures.CancelledError:
+            raise RuntimeError("chatkit's event loop stopped before the call finished") from None
+        except BaseException:
+            future.cancel()
+            raise
+        if not ok:
+            raise value
+        result: T = value
+        return result
+
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> bool:
+        """Schedule ``callback(*args)`` on the loop from any thread, never blocking.
+
+        False when the loop is already closed.
+        """
+        try:
+            self.loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            return False
+        return True
+
+    def spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        """Start ``coro`` as a task from any thread, without waiting; errors are dropped."""
+        wrapped = _quietly(coro)
+        if not self.call_soon(self.track, wrapped):
+            wrapped.close()
+            coro.close()
+
+    def track(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Create a task kept alive until it ends. Call on the loop thread."""
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def task_count(self) -> int:
+        """Tasks on the loop besides the one asking (for leak checks)."""
+        return self.run(_count_tasks())
+
+    # -- stopping ------------------------------------------------------------
+
+    def stop(self, timeout: float = STOP_WAIT) -> None:
+        """Cancel every task, stop the loop and join the thread (bounded waits)."""
+        if not self.running or self.on_loop_thread():
+            return
+        with contextlib.suppress(Exception):
+            self.run(_cancel_all(), timeout=timeout)
+        self.call_soon(self.loop.stop)
+        self._thread.join(timeout)
+
+    def abandon(self) -> None:
+        """In a forked child: leave the inherited loop unable to reach the parent's sockets.
+
+        Its descriptors (connections, selector, self-pipe) are re-pointed at
+        /dev/null: closing, writing or unregistering them then touches nothing
+        the parent uses, and the parent's connections stay open in the parent.
+        """
+        _point_at_devnull(_descriptors(self.loop))
+
+
+async def _count_tasks() -> int:
+    return len(asyncio.all_tasks()) - 1
+
+
+async def _cancel_all() -> None:
+    me = asyncio.current_task()
+    others = [task for task in asyncio.all_tasks() if task is not me]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+
+
+def _descriptors(loop: asyncio.AbstractEventLoop) -> set[int]:
+    found: set[int] = set()
+    transports = getattr(loop, "_transports", None) or {}
+    for transport in list(transports.values()):
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            found.add(sock.fileno())
+    selector_fileno = getattr(getattr(loop, "_selector", None), "fileno", None)
+    if selector_fileno is not None:
+        found.add(selector_fileno())
+    for name in ("_ssock", "_csock"):
+        sock = getattr(loop, name, None)
+        if sock is not None:
+            found.add(sock.fileno())
+    found.discard(-1)  # already closed
+    return found
+
+
+def _point_at_devnull(descriptors: set[int]) -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in descriptors:
+            with contextlib.suppress(OSError):
+                os.dup2(null, fd, inheritable=False)
+    finally:
+        os.close(null)
+
+
+# -- the shared instance -----------------------------------------------------
+
+_lock = threading.Lock()
+_current: LoopThread | None = None
+# Loops a forked child inherited: referenced for the life of the process so
+# that no finalizer of the parent's tasks or connections ever runs here.
+_orphans: list[LoopThread] = []
+
+
+def _forget_if_forked() -> None:
+    global _current
+    runner = _current
+    if runner is not None and runner.pid != os.getpid():
+        _current = None
+        _orphans.append(runner)
+        runner.abandon()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    # The parent's lock may have been held by a thread that does not exist here.
+    _lock = threading.Lock()
+    _forget_if_forked()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - every POSIX Python has it
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def current() -> LoopThread:
+    """This process's loop thread, started on first use (and again after a fork)."""
+    global _current
+    with _lock:
+        _forget_if_forked()
+        runner = _current
+        if runner is None or not runner.running:
+            runner = _current = LoopThread()
+        return runner
+
+
+def existing() -> LoopThread | None:
+    """This process's running loop thread, without starting one."""
+    runner = _current
+    if runner is None or runner.pid != os.getpid() or not runner.running:
+        return None
+    return runner
+
+
+def shutdown(timeout: float = STOP_WAIT) -> None:
+    """Stop this process's loop thread; a later ``current()`` starts a new one."""
+    global _current
+    with _lock:
+        _forget_if_forked()
+        runner, _current = _current, None
+    if runner is not None:
+        runner.stop(timeout)

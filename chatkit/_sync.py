@@ -1,0 +1,515 @@
+"""``Client`` and ``ChatStream``: the sync facade, a bridge over ``AsyncClient``.
+
+Nothing here talks HTTP or retries: every call runs the async client's own
+coroutine or stream on the shared loop thread (``_portal``). Non-streamed
+calls wait for their coroutine there. A stream is owned by one pump task
+that runs the whole ``async for`` over the ``AsyncChatStream`` on the loop
+(so a provider may hold a cancel scope or deadline across its yields) and
+hands chunks to the caller's thread through a bounded list: the caller takes
+everything received so far in one wake-up, and the pump waits once the list
+holds ``BATCH_LIMIT`` chunks.
+
+Leaving a stream early (``break``, ``close()``, ``with``, an exception in the
+loop body, garbage collection) cancels the pump; its ``finally`` closes the
+upstream response on the loop. Errors are raised in the caller's thread as
+the very exception object the async side raised, traceback included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import os
+import threading
+import weakref
+from collections import deque
+from collections.abc import Coroutine, Iterator, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+
+from chatkit import _portal
+from chatkit._assemble import CompletionBuilder
+from chatkit._client import AsyncClient
+from chatkit._types import ChatCompletion, ChatCompletionChunk, CompletionUsage, Model
+
+if TYPE_CHECKING:
+    from chatkit._retry import Attempt
+    from chatkit._streaming import AsyncChatStream
+
+__all__ = ["ChatStream", "Client"]
+
+T = TypeVar("T")
+
+BATCH_LIMIT = 64
+"""The most chunks the pump holds for a caller that has not taken them yet."""
+
+CLOSE_WAIT = 5.0
+"""Seconds ``close()`` waits for the pump to have closed the upstream response."""
+
+
+class _Pump:
+    """One stream's task on the loop, and the bounded handoff to the caller's thread."""
+
+    def __init__(self, runner: _portal.LoopThread, astream: AsyncChatStream, capacity: int) -> None:
+        self._runner = runner
+        self._loop = runner.loop
+        self._astream: AsyncChatStream | None = astream
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._items: list[ChatCompletionChunk] = []
+        self._error: BaseException | None = None
+        self._finished = False
+        self._cancelled = False
+        self._wake_scheduled = False
+        self._room: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- loop side -----------------------------------------------------------
+
+    def start(self) -> None:
+        if not self._runner.call_soon(self._start_task):
+            raise RuntimeError("chatkit's event loop is closed")
+
+    def _start_task(self) -> None:
+        task = self._task = self._runner.track(self._run())
+        task.add_done_callback(self._mark_finished)
+
+    async def _run(self) -> None:
+        astream = self._astream
+        assert astream is not None
+        lock = self._lock
+        try:
+            async for chunk in astream:
+                with lock:
+                    self._items.append(chunk)
+                    # One wake-up per loop turn, not per chunk: the caller
+                    # then takes every chunk this turn decoded at once.
+                    if not self._wake_scheduled:
+                        self._wake_scheduled = True
+                        self._loop.call_soon(self._wake)
+                    if len(self._items) < self._capacity:
+                        continue
+                    room = self._room = asyncio.Event()
+                await room.wait()
+        except asyncio.CancelledError:
+            if not self._cancelled:
+                self._error = RuntimeError("chatkit's event loop stopped during the stream")
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._astream = None
+            # Already closed when the stream ended or failed; not when the
+            # cancel arrived while the pump waited for room.
+            with contextlib.suppress(Exception):
+                await astream.aclose()
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._wake_scheduled = False
+            self._changed.notify_all()
+
+    def _mark_finished(self, task: asyncio.Task[None]) -> None:
+        with self._lock:
+            if task.cancelled() and not self._cancelled and self._error is None:
+                self._error = RuntimeError("chatkit's event loop stopped before the stream began")
+            self._finished = True
+            self._changed.notify_all()
+
+    def _cancel_task(self) -> None:
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+
+    # -- caller side ---------------------------------------------------------
+
+    def take(self) -> list[ChatCompletionChunk]:
+        """Every chunk received so far (waiting for one); [] at the end; raises its error."""
+        if self._runner.on_loop_thread():
+            raise RuntimeError(
+                "a sync chatkit stream cannot be read on chatkit's own event loop thread"
+            )
+        with self._lock:
+            while not self._items and not self._finished:
+                self._changed.wait()
+            items = self._items
+            if items:
+                self._items = []
+                room, self._room = self._room, None
+                if room is not None:
+                    self._runner.call_soon(room.set)
+                return items
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
+        return items
+
+    def cancel(self) -> None:
+        """Stop the pump from any thread (``__del__``, the loop's own); never blocks."""
+        if self._cancelled:
+            return
+        self._cancelled = True
+        self._runner.call_soon(self._cancel_task)
+
+    def wait_finished(self, timeout: float) -> bool:
+        """Wait until the pump's task has ended; never waits on the loop thread itself."""
+        if self._runner.on_loop_thread():
+            return self._finished
+        with self._lock:
+            return self._changed.wait_for(lambda: self._finished, timeout)
+
+
+class ChatStream:
+    """A streamed answer for sync code: iterate it once, or use it as a context manager.
+
+    ``for chunk in stream`` closes the stream when the loop ends, by
+    ``break`` or an exception included; ``next(stream)`` reads piece by
+    piece. ``text``, ``usage``, ``finish_reason`` and ``provider`` reflect
+    the chunks handed to the caller so far.
+    """
+
+    def __init__(self, pump: _Pump, *, attempts: list[Attempt], owner: Client) -> None:
+        self._pump = pump
+        # The stream keeps its client, and so its connections, alive.
+        self._owner = owner
+        self._pid = os.getpid()
+        self._buffer: deque[ChatCompletionChunk] = deque()
+        self._builder = CompletionBuilder()
+        self._done = False
+        self._closed = False
+        self.attempts: list[Attempt] = attempts
+
+    # -- iteration -----------------------------------------------------------
+
+    def __iter__(self) -> Iterator[ChatCompletionChunk]:
+        # A generator of its own, so that leaving the ``for`` loop in any way
+        # (break, exception) finalizes it and closes the stream right away.
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[ChatCompletionChunk]:
+        buffer = self._buffer
+        add = self._builder.add
+        try:
+            while buffer or self._refill():
+                while buffer:
+                    chunk = buffer.popleft()
+                    add(chunk)
+                    yield chunk
+        finally:
+            self.close()
+
+    def __next__(self) -> ChatCompletionChunk:
+        if not self._buffer and not self._refill():
+            raise StopIteration
+        chunk = self._buffer.popleft()
+        self._builder.add(chunk)
+        return chunk
+
+    def _refill(self) -> bool:
+        if self._done:
+            return False
+        if self._pid != os.getpid():
+            raise RuntimeError("this stream was opened in the parent process; open a new one")
+        try:
+            batch = self._pump.take()
+        except BaseException:
+            self.close()
+            raise
+        if not batch:
+            self._done = True
+            return False
+        self._buffer.extend(batch)
+        return True
+
+    # -- results -------------------------------------------------------------
+
+    @property
+    def text(self) -> str:
+        """The first choice's content handed to the caller so far."""
+        return self._builder.text
+
+    @property
+    def usage(self) -> CompletionUsage | None:
+        return self._builder.usage
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._builder.finish_reason
+
+    @property
+    def provider(self) -> str | None:
+        """Which provider answered (known from the first chunk on)."""
+        return self._builder.provider
+
+    @property
+    def done(self) -> bool:
+        """True once the stream ended or was closed and every chunk was handed over."""
+        return self._done and not self._buffer
+
+    def get_final_completion(self) -> ChatCompletion:
+        """The completion assembled from every chunk handed to the caller so far."""
+        completion = self._builder.build()
+        completion._attempts = self.attempts
+        return completion
+
+    def until_done(self) -> ChatCompletion:
+        """Read the rest of the stream and return the final completion."""
+        for _ in self:
+            pass
+        return self.get_final_completion()
+
+    # -- closing -------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the stream and wait (briefly) until the upstream response is closed. Idempotent."""
+        if self._closed or self._pid != os.getpid():
+            # A forked child never touches the parent's streams.
+            return
+        self._closed = True
+        self._done = True
+        self._buffer.clear()
+        self._pump.cancel()
+        self._pump.wait_finished(CLOSE_WAIT)
+
+    def __enter__(self) -> ChatStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # May run in any thread, the loop's included: schedule, never wait.
+        if not self._closed and self._pid == os.getpid():
+            self._pump.cancel()
+
+    def __repr__(self) -> str:
+        state = "done" if self._done else "open"
+        return f"<ChatStream provider={self.provider!r} {state} text={self.text[:40]!r}>"
+
+
+class Client:
+    """A sync chat client: ``AsyncClient``'s arguments and surface, for plain code.
+
+    Calls run on one event loop thread shared by every ``Client`` in the
+    process, so it works the same in scripts, threads, Jupyter and inside
+    running event loops. ``with Client(...)`` or ``close()`` releases its
+    connections (a client nobody holds is closed too, and at exit).
+    """
+
+    def __init__(
+        self,
+        provider: Any = None,
+        *,
+        api_key: str | Mapping[str, str] | None = None,
+        base_url: str | None = None,
+        proxies: Mapping[str, str] | None = None,
+        proxy: str | None = None,
+        timeout: Any = None,
+        max_retries: int = 2,
+        default_headers: Mapping[str, str] | None = None,
+        trust_env: bool = True,
+    ) -> None:
+        self._async = AsyncClient(
+            provider,
+            api_key=api_key,
+            base_url=base_url,
+            proxies=proxies,
+            proxy=proxy,
+            timeout=timeout,
+            max_retries=max_retries,
+            default_headers=default_headers,
+            trust_env=trust_env,
+        )
+        self._streams: weakref.WeakSet[ChatStream] = weakref.WeakSet()
+        self._streams_lock = threading.Lock()
+        _live_clients.add(self)
+
+    # ``chat`` and ``models`` are fresh views holding the client, never held
+    # by it: no reference cycle, so a dropped client is closed at once.
+    @property
+    def chat(self) -> _Chat:
+        return _Chat(self)
+
+    @property
+    def models(self) -> _Models:
+        return _Models(self)
+
+    @property
+    def provider(self) -> Any:
+        """The configured provider, or None when it is resolved per call."""
+        return self._async.provider
+
+    @property
+    def max_retries(self) -> int:
+        return self._async.max_retries
+
+    @property
+    def timeout(self) -> Any:
+        return self._async.timeout
+
+    @property
+    def is_closed(self) -> bool:
+        return self._async.is_closed
+
+    def __repr__(self) -> str:
+        return "Client" + repr(self._async).removeprefix("AsyncClient")
+
+    # -- bridging ------------------------------------------------------------
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return _portal.current().run(coro)
+
+    def _open_stream(self, astream: AsyncChatStream) -> ChatStream:
+        pump = _Pump(_portal.current(), astream, BATCH_LIMIT)
+        stream = ChatStream(pump, attempts=astream.attempts, owner=self)
+        with self._streams_lock:
+            self._streams.add(stream)
+        pump.start()
+        # Wait for the first chunk, as ``await create(..., stream=True)`` does:
+        # a failed call raises here, not in the middle of the caller's loop.
+        stream._refill()
+        return stream
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the client's open streams and its connections. Idempotent."""
+        self._close(None)
+
+    def _close(self, timeout: float | None) -> None:
+        if self._async.is_closed:
+            return
+        with self._streams_lock:
+            streams = list(self._streams)
+        for stream in streams:
+            stream.close()
+        _portal.current().run(self._async.aclose(), timeout)
+        _live_clients.discard(self)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        inner = getattr(self, "_async", None)
+        if inner is None or inner.is_closed:
+            return
+        runner = _portal.existing()
+        if runner is not None:
+            runner.spawn(inner.aclose())
+
+
+class _Completions:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @overload
+    def create(
+        self,
+        messages: Any = ...,
+        model: str = ...,
+        *,
+        stream: Literal[True],
+        **kwargs: Any,
+    ) -> ChatStream: ...
+
+    @overload
+    def create(
+        self,
+        messages: Any = ...,
+        model: str = ...,
+        *,
+        stream: Literal[False] = ...,
+        **kwargs: Any,
+    ) -> ChatCompletion: ...
+
+    @overload
+    def create(
+        self,
+        messages: Any = ...,
+        model: str = ...,
+        *,
+        stream: bool,
+        **kwargs: Any,
+    ) -> ChatCompletion | ChatStream: ...
+
+    def create(
+        self,
+        messages: Any = None,
+        model: str = "",
+        *,
+        stream: bool = False,
+        provider: Any = None,
+        proxy: str | None = None,
+        timeout: Any = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        **params: Any,
+    ) -> ChatCompletion | ChatStream:
+        """Create a chat completion: a ``ChatCompletion``, or with ``stream=True`` a ``ChatStream``.
+
+        Arguments are ``AsyncClient``'s and are validated, in this thread,
+        before any I/O. A streamed call returns once its first chunk arrived.
+        """
+        client = self._client
+        create = client._async.chat.completions.create
+        options: dict[str, Any] = {
+            "provider": provider,
+            "proxy": proxy,
+            "timeout": timeout,
+            "extra_headers": extra_headers,
+            "extra_query": extra_query,
+            "extra_body": extra_body,
+            **params,
+        }
+        if stream:
+            return client._open_stream(create(messages, model, stream=True, **options))
+        completion: ChatCompletion = client._run(create(messages, model, stream=False, **options))
+        return completion
+
+
+class _Chat:
+    def __init__(self, client: Client) -> None:
+        self.completions = _Completions(client)
+
+
+class _Models:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def list(self, provider: Any = None) -> list[Model]:
+        """The models the provider offers, from its list endpoint."""
+        return self._client._run(self._client._async.models.list(provider))
+
+
+# -- interpreter exit ----------------------------------------------------------
+
+_live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _close_clients_at_exit() -> None:
+    # Scripts rarely close their client: close them all here, while the loop
+    # thread still runs, so exit is quiet (no unclosed-session warnings).
+    if _portal.existing() is None:
+        return
+    for client in list(_live_clients):
+        with contextlib.suppress(Exception):
+            client._close(_portal.STOP_WAIT)
+    _portal.shutdown()
+
+
+atexit.register(_close_clients_at_exit)
