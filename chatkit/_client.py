@@ -68,7 +68,7 @@ class AsyncClient:
         *,
         api_key: str | Mapping[str, str] | None = None,
         base_url: str | None = None,
-        proxies: Mapping[str, str] | None = None,
+        proxies: Mapping[str, str | None] | str | None = None,
         proxy: str | None = None,
         timeout: Any = None,
         max_retries: int = 2,

@@ -100,11 +100,12 @@ def redact_url(url: str) -> str:
     """The URL with any ``user:password@`` replaced, safe for logs, reprs and errors."""
     try:
         parts = urlsplit(url)
+        port = parts.port
     except ValueError:
         return _USERINFO.sub("//***@", url)
     if parts.username is None and parts.password is None:
         return url
     host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    if port is not None:
+        host = f"{host}:{port}"
     return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))

@@ -212,3 +212,18 @@ def test_openai_reads_key_and_base_url_from_the_environment(
     provider = OpenAI()
     assert provider.base_url == "http://127.0.0.1:9/v1"
     assert "sk-from-env-123" not in repr(provider)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("socks5://user:s3cret@127.0.0.1:1080", "socks5://***@127.0.0.1:1080"),
+        ("http://user:s3cret@host:bad", "http://***@host:bad"),
+        ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
+    ],
+)
+def test_redact_url_hides_credentials(url: str, shown: str) -> None:
+    from chatkit._config import redact_url
+
+    assert redact_url(url) == shown
+    assert "s3cret" not in redact_url(url)
