@@ -1,4 +1,5 @@
-"""The one background event loop that every sync ``Client`` in a process shares.
+"""The one background event loop that every sync ``Client`` in a process shares,
+and ``StreamPump``, which carries one stream from that loop to a caller's thread.
 
 A daemon thread runs an asyncio loop forever; ``current()`` starts it on first
 use. Sync code hands it coroutines (``run``: wait for the result; ``spawn``:
@@ -29,9 +30,13 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["LoopThread", "current", "existing", "shutdown"]
+if TYPE_CHECKING:
+    from chatkit._streaming import AsyncChatStream
+    from chatkit._types import ChatCompletionChunk
+
+__all__ = ["LoopThread", "StreamPump", "current", "existing", "shutdown"]
 
 T = TypeVar("T")
 
@@ -219,6 +224,134 @@ def _point_at_devnull(descriptors: set[int]) -> None:
                 os.dup2(null, fd, inheritable=False)
     finally:
         os.close(null)
+
+
+# -- one stream carried across the thread boundary ------------------------------
+
+
+class StreamPump:
+    """One stream's task on the loop, and the bounded handoff to the caller's thread.
+
+    The task runs the whole ``async for`` over the stream (so a provider may
+    hold a cancel scope or deadline across its yields) and appends chunks to
+    a list shared with the caller, waking the caller at most once per loop
+    turn; ``take()`` hands over everything received so far. Once the list
+    holds ``capacity`` chunks the task waits until the caller takes them.
+    """
+
+    def __init__(self, runner: LoopThread, astream: AsyncChatStream, capacity: int) -> None:
+        self._runner = runner
+        self._loop = runner.loop
+        self._astream: AsyncChatStream | None = astream
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._items: list[ChatCompletionChunk] = []
+        self._error: BaseException | None = None
+        self._finished = False
+        self._cancelled = False
+        self._wake_scheduled = False
+        self._room: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- loop side -----------------------------------------------------------
+
+    def start(self) -> None:
+        if not self._runner.call_soon(self._start_task):
+            raise RuntimeError("chatkit's event loop is closed")
+
+    def _start_task(self) -> None:
+        task = self._task = self._runner.track(self._run())
+        task.add_done_callback(self._mark_finished)
+
+    async def _run(self) -> None:
+        astream = self._astream
+        assert astream is not None
+        lock = self._lock
+        try:
+            async for chunk in astream:
+                with lock:
+                    self._items.append(chunk)
+                    # One wake-up per loop turn, not per chunk: the caller
+                    # then takes every chunk this turn decoded at once.
+                    if not self._wake_scheduled:
+                        self._wake_scheduled = True
+                        self._loop.call_soon(self._wake)
+                    if len(self._items) < self._capacity:
+                        continue
+                    room = self._room = asyncio.Event()
+                await room.wait()
+        except asyncio.CancelledError:
+            # Handled here, not propagated: undo the request so that timeouts
+            # and scopes in the closing code below see a task that is not
+            # being cancelled any more.
+            current = asyncio.current_task()
+            if current is not None:  # pragma: no branch - always inside the task
+                current.uncancel()
+            if not self._cancelled:
+                self._error = RuntimeError("chatkit's event loop stopped during the stream")
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._astream = None
+            # Already closed when the stream ended or failed; not when the
+            # cancel arrived while the pump waited for room.
+            with contextlib.suppress(Exception):
+                await astream.aclose()
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._wake_scheduled = False
+            self._changed.notify_all()
+
+    def _mark_finished(self, task: asyncio.Task[None]) -> None:
+        with self._lock:
+            if task.cancelled() and not self._cancelled and self._error is None:
+                self._error = RuntimeError("chatkit's event loop stopped before the stream began")
+            self._finished = True
+            self._changed.notify_all()
+
+    def _cancel_task(self) -> None:
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+
+    # -- caller side ---------------------------------------------------------
+
+    def take(self) -> list[ChatCompletionChunk]:
+        """Every chunk received so far (waiting for one); [] at the end; raises its error."""
+        if self._runner.on_loop_thread():
+            raise RuntimeError(
+                "a sync chatkit stream cannot be read on chatkit's own event loop thread"
+            )
+        with self._lock:
+            while not self._items and not self._finished:
+                self._changed.wait()
+            items = self._items
+            if items:
+                self._items = []
+                room, self._room = self._room, None
+                if room is not None:
+                    self._runner.call_soon(room.set)
+                return items
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
+        return items
+
+    def cancel(self) -> None:
+        """Stop the pump from any thread (``__del__``, the loop's own); never blocks."""
+        if self._cancelled:
+            return
+        self._cancelled = True
+        self._runner.call_soon(self._cancel_task)
+
+    def wait_finished(self, timeout: float) -> bool:
+        """Wait until the pump's task has ended; never waits on the loop thread itself."""
+        if self._runner.on_loop_thread():
+            return self._finished
+        with self._lock:
+            return self._changed.wait_for(lambda: self._finished, timeout)
 
 
 # -- the shared instance -----------------------------------------------------

@@ -3,11 +3,10 @@
 Nothing here talks HTTP or retries: every call runs the async client's own
 coroutine or stream on the shared loop thread (``_portal``). Non-streamed
 calls wait for their coroutine there. A stream is owned by one pump task
-that runs the whole ``async for`` over the ``AsyncChatStream`` on the loop
-(so a provider may hold a cancel scope or deadline across its yields) and
-hands chunks to the caller's thread through a bounded list: the caller takes
-everything received so far in one wake-up, and the pump waits once the list
-holds ``BATCH_LIMIT`` chunks.
+(``_portal.StreamPump``) that runs the whole ``async for`` over the
+``AsyncChatStream`` on the loop and hands chunks to the caller's thread
+through a bounded list: the caller takes everything received so far in one
+wake-up, and the pump waits once the list holds ``BATCH_LIMIT`` chunks.
 
 Leaving a stream early (``break``, ``close()``, ``with``, an exception in the
 loop body, garbage collection) cancels the pump; its ``finally`` closes the
@@ -17,7 +16,6 @@ the very exception object the async side raised, traceback included.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import os
@@ -34,130 +32,21 @@ from chatkit._client import AsyncClient
 from chatkit._types import ChatCompletion, ChatCompletionChunk, CompletionUsage, Model
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from chatkit._retry import Attempt
     from chatkit._streaming import AsyncChatStream
 
 __all__ = ["ChatStream", "Client"]
 
 T = TypeVar("T")
+BaseModelT = TypeVar("BaseModelT", bound="BaseModel")
 
 BATCH_LIMIT = 64
 """The most chunks the pump holds for a caller that has not taken them yet."""
 
 CLOSE_WAIT = 5.0
 """Seconds ``close()`` waits for the pump to have closed the upstream response."""
-
-
-class _Pump:
-    """One stream's task on the loop, and the bounded handoff to the caller's thread."""
-
-    def __init__(self, runner: _portal.LoopThread, astream: AsyncChatStream, capacity: int) -> None:
-        self._runner = runner
-        self._loop = runner.loop
-        self._astream: AsyncChatStream | None = astream
-        self._capacity = capacity
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self._items: list[ChatCompletionChunk] = []
-        self._error: BaseException | None = None
-        self._finished = False
-        self._cancelled = False
-        self._wake_scheduled = False
-        self._room: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    # -- loop side -----------------------------------------------------------
-
-    def start(self) -> None:
-        if not self._runner.call_soon(self._start_task):
-            raise RuntimeError("chatkit's event loop is closed")
-
-    def _start_task(self) -> None:
-        task = self._task = self._runner.track(self._run())
-        task.add_done_callback(self._mark_finished)
-
-    async def _run(self) -> None:
-        astream = self._astream
-        assert astream is not None
-        lock = self._lock
-        try:
-            async for chunk in astream:
-                with lock:
-                    self._items.append(chunk)
-                    # One wake-up per loop turn, not per chunk: the caller
-                    # then takes every chunk this turn decoded at once.
-                    if not self._wake_scheduled:
-                        self._wake_scheduled = True
-                        self._loop.call_soon(self._wake)
-                    if len(self._items) < self._capacity:
-                        continue
-                    room = self._room = asyncio.Event()
-                await room.wait()
-        except asyncio.CancelledError:
-            if not self._cancelled:
-                self._error = RuntimeError("chatkit's event loop stopped during the stream")
-        except BaseException as exc:
-            self._error = exc
-        finally:
-            self._astream = None
-            # Already closed when the stream ended or failed; not when the
-            # cancel arrived while the pump waited for room.
-            with contextlib.suppress(Exception):
-                await astream.aclose()
-
-    def _wake(self) -> None:
-        with self._lock:
-            self._wake_scheduled = False
-            self._changed.notify_all()
-
-    def _mark_finished(self, task: asyncio.Task[None]) -> None:
-        with self._lock:
-            if task.cancelled() and not self._cancelled and self._error is None:
-                self._error = RuntimeError("chatkit's event loop stopped before the stream began")
-            self._finished = True
-            self._changed.notify_all()
-
-    def _cancel_task(self) -> None:
-        task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-
-    # -- caller side ---------------------------------------------------------
-
-    def take(self) -> list[ChatCompletionChunk]:
-        """Every chunk received so far (waiting for one); [] at the end; raises its error."""
-        if self._runner.on_loop_thread():
-            raise RuntimeError(
-                "a sync chatkit stream cannot be read on chatkit's own event loop thread"
-            )
-        with self._lock:
-            while not self._items and not self._finished:
-                self._changed.wait()
-            items = self._items
-            if items:
-                self._items = []
-                room, self._room = self._room, None
-                if room is not None:
-                    self._runner.call_soon(room.set)
-                return items
-            error, self._error = self._error, None
-        if error is not None:
-            raise error
-        return items
-
-    def cancel(self) -> None:
-        """Stop the pump from any thread (``__del__``, the loop's own); never blocks."""
-        if self._cancelled:
-            return
-        self._cancelled = True
-        self._runner.call_soon(self._cancel_task)
-
-    def wait_finished(self, timeout: float) -> bool:
-        """Wait until the pump's task has ended; never waits on the loop thread itself."""
-        if self._runner.on_loop_thread():
-            return self._finished
-        with self._lock:
-            return self._changed.wait_for(lambda: self._finished, timeout)
 
 
 class ChatStream:
@@ -169,7 +58,7 @@ class ChatStream:
     the chunks handed to the caller so far.
     """
 
-    def __init__(self, pump: _Pump, *, attempts: list[Attempt], owner: Client) -> None:
+    def __init__(self, pump: _portal.StreamPump, *, attempts: list[Attempt], owner: Client) -> None:
         self._pump = pump
         # The stream keeps its client, and so its connections, alive.
         self._owner = owner
@@ -239,7 +128,9 @@ class ChatStream:
 
     @property
     def provider(self) -> str | None:
-        """Which provider answered (known from the first chunk on)."""
+        """Which provider answered (known once ``create()`` returned)."""
+        if self._builder.provider is None and self._buffer:
+            return self._buffer[0].provider
         return self._builder.provider
 
     @property
@@ -308,7 +199,7 @@ class Client:
         *,
         api_key: str | Mapping[str, str] | None = None,
         base_url: str | None = None,
-        proxies: Mapping[str, str] | None = None,
+        proxies: Mapping[str, str | None] | str | None = None,
         proxy: str | None = None,
         timeout: Any = None,
         max_retries: int = 2,
@@ -366,7 +257,7 @@ class Client:
         return _portal.current().run(coro)
 
     def _open_stream(self, astream: AsyncChatStream) -> ChatStream:
-        pump = _Pump(_portal.current(), astream, BATCH_LIMIT)
+        pump = _portal.StreamPump(_portal.current(), astream, BATCH_LIMIT)
         stream = ChatStream(pump, attempts=astream.attempts, owner=self)
         with self._streams_lock:
             self._streams.add(stream)
@@ -480,6 +371,20 @@ class _Completions:
             return client._open_stream(create(messages, model, stream=True, **options))
         completion: ChatCompletion = client._run(create(messages, model, stream=False, **options))
         return completion
+
+    def parse(
+        self,
+        messages: Any = None,
+        model: str = "",
+        *,
+        response_format: type[BaseModelT],
+        **kwargs: Any,
+    ) -> BaseModelT:
+        """Ask for JSON matching a pydantic model and return the validated object."""
+        completions = self._client._async.chat.completions
+        return self._client._run(
+            completions.parse(messages, model, response_format=response_format, **kwargs)
+        )
 
 
 class _Chat:

@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import pydantic
 import pytest
 
 import chatkit
@@ -104,6 +105,8 @@ def test_stream_keeps_text_usage_provider_and_final_completion(client: Client) -
         messages=HELLO, stream=True, stream_options={"include_usage": True}
     )
     assert isinstance(stream, ChatStream)
+    assert stream.provider == "OpenAI"  # known once create() returned
+    assert stream.text == ""  # nothing handed over yet
     with stream:
         chunks = list(stream)
     assert all(isinstance(c, ChatCompletionChunk) for c in chunks)
@@ -144,6 +147,18 @@ def test_an_empty_answer_is_a_finished_stream(client: Client, server: FakeOpenAI
     assert stream.finish_reason == "stop" and stream.text == ""
 
 
+class Weather(pydantic.BaseModel):
+    city: str
+    celsius: int
+
+
+def test_parse_returns_the_validated_model(client: Client, server: FakeOpenAIServer) -> None:
+    server.script(Behavior(text='{"city": "Paris", "celsius": 21}'))
+    weather = client.chat.completions.parse(messages=HELLO, response_format=Weather)
+    assert weather == Weather(city="Paris", celsius=21)
+    assert server.requests[-1].json["response_format"]["type"] == "json_schema"
+
+
 def test_models_list(client: Client) -> None:
     models = client.models.list()
     assert [m.id for m in models] == ["fake-model"]
@@ -157,6 +172,7 @@ def test_same_arguments_as_async_client() -> None:
 
     assert parameters(Client.__init__) == parameters(chatkit.AsyncClient.__init__)
     assert parameters(_sync._Completions.create) == parameters(_client._Completions.create)
+    assert parameters(_sync._Completions.parse) == parameters(_client._Completions.parse)
     assert parameters(_sync._Models.list) == parameters(_client._Models.list)
 
 
@@ -458,14 +474,14 @@ def test_provider_deadline_firing_mid_stream_behaves_as_in_async_client() -> Non
 def batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The size of every batch a caller takes from a pump."""
     sizes: list[int] = []
-    take = _sync._Pump.take
+    take = _portal.StreamPump.take
 
-    def recording_take(self: _sync._Pump) -> list[ChatCompletionChunk]:
+    def recording_take(self: _portal.StreamPump) -> list[ChatCompletionChunk]:
         items = take(self)
         sizes.append(len(items))
         return items
 
-    monkeypatch.setattr(_sync._Pump, "take", recording_take)
+    monkeypatch.setattr(_portal.StreamPump, "take", recording_take)
     return sizes
 
 
@@ -500,3 +516,20 @@ def test_the_handoff_is_bounded(
     assert sum(1 for _ in stream) == 502
     assert max(batches) <= 4
     assert batches[1] == 4
+
+
+def test_closing_while_the_pump_waits_for_room_closes_the_response(
+    client: Client, server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_sync, "BATCH_LIMIT", 4)
+    server.script(Behavior(chunks=["x"], repeat=100, stall_after=50))
+    stream = client.chat.completions.create(messages=HELLO, stream=True)
+    pump = stream._pump
+    for _ in range(1000):  # a bounded wait for the pump to park
+        if pump._room is not None:
+            break
+        time.sleep(0.005)
+    assert pump._room is not None
+    stream.close()
+    assert server.wait_for_disconnects_sync(1, timeout=5)
+    assert _portal.current().task_count() == 0
