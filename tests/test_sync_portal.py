@@ -96,7 +96,7 @@ def test_stopping_ends_waiting_callers_and_refuses_new_work(runner: _portal.Loop
         runner.run(asyncio.sleep(0))
     runner.spawn(asyncio.sleep(0))
     assert runner.call_soon(print) is False
-    pump = _sync._Pump(runner, None, 4)  # type: ignore[arg-type]
+    pump = _portal.StreamPump(runner, None, 4)  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="closed"):
         pump.start()
 
@@ -121,7 +121,7 @@ def test_spawned_work_runs_and_its_errors_are_dropped(runner: _portal.LoopThread
 def test_a_pump_cancelled_before_it_began_reports_why() -> None:
     with Client(provider=OpenAI(base_url="http://127.0.0.1:9/v1")) as client:
         astream = client._async.chat.completions.create(messages=HELLO, stream=True)
-        pump = _sync._Pump(_portal.current(), astream, 4)
+        pump = _portal.StreamPump(_portal.current(), astream, 4)
 
         async def start_and_cancel() -> None:
             pump._start_task()
@@ -146,7 +146,7 @@ def test_shutdown_without_a_loop_thread_is_harmless() -> None:
 def test_a_stream_from_another_process_is_left_alone() -> None:
     with Client(provider=OpenAI(base_url="http://127.0.0.1:9/v1")) as client:
         astream = client._async.chat.completions.create(messages=HELLO, stream=True)
-        pump = _sync._Pump(_portal.current(), astream, 4)
+        pump = _portal.StreamPump(_portal.current(), astream, 4)
         stream = _sync.ChatStream(pump, attempts=[], owner=client)
         stream._pid = -1  # as in a forked child
         with pytest.raises(RuntimeError, match="parent process"):
