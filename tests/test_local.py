@@ -359,3 +359,26 @@ def test_is_available_imports_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+_EXIT_WHILE_LOADING = """
+import threading, time, anyio
+from chatkit.providers import Local
+local = Local(parallel=1, context_size=320)
+threading.Thread(target=anyio.run, args=(local.start,), daemon=True).start()
+while local._worker is None or local._worker._proc is None:
+    time.sleep(0.01)
+print(local._worker._proc.pid, flush=True)
+"""
+
+
+def test_exiting_while_the_model_loads_does_not_wait_for_it(cache_dir: Path) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_EXIT_WHILE_LOADING)],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as parent:
+        assert parent.stdout is not None
+        child_pid = int(parent.stdout.readline())
+        assert parent.wait(timeout=30) == 0
+    assert _wait_gone(child_pid)

@@ -10,6 +10,7 @@ one line on stderr with a non-zero exit status.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import sys
 from collections.abc import Sequence
@@ -59,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list[1:] if command else args_list)
     try:
         status: int = module.run(args)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # Ctrl-C: asyncio cancels the running task and reports it as either.
         print(file=sys.stderr)
         return EXIT_INTERRUPTED
     return status

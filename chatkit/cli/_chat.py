@@ -167,7 +167,10 @@ def _loop(
             text = outcome
         try:
             runner.run(_answer(session, conversation, text))
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            # Ctrl-C cancels the answer's task: Runner reports it as KeyboardInterrupt,
+            # or as CancelledError when the cancellation was absorbed on the way
+            # out (retry and stream clean-up run their own cancel scopes).
             print("(stopped)", file=sys.stderr)
         except Exception as exc:
             if debug:

@@ -163,6 +163,17 @@ class _Worker:
         with self._lock:
             self._stop_locked()
 
+    def stop_at_exit(self) -> None:
+        """Stop the child without waiting for a load in progress to finish."""
+        if self._lock.acquire(timeout=1.0):
+            try:
+                self._stop_locked()
+            finally:
+                self._lock.release()
+        elif self._proc is not None:  # a load holds the lock: do not wait for it
+            with contextlib.suppress(OSError):
+                self._proc.kill()
+
     def _stop_locked(self) -> None:
         proc, log = self._proc, self._log
         self._proc = self._log = self._url = None
@@ -242,7 +253,7 @@ def _cpu_error() -> ProviderNotFoundError:
 
 def _stop_all() -> None:
     for worker in list(_ALL_WORKERS):
-        worker.stop()
+        worker.stop_at_exit()
 
 
 def _after_fork_in_child() -> None:  # pragma: no cover - runs in forked children
