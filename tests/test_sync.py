@@ -386,6 +386,10 @@ def test_every_client_shares_one_loop_thread(server: FakeOpenAIServer) -> None:
         second.chat.completions.create(messages=HELLO)
         loop_threads = [t for t in threading.enumerate() if t.name == "chatkit-loop"]
         assert loop_threads == [_portal.current().thread]
+        # The aiohttp sessions live on that loop.
+        for client in (first, second):
+            slots = list(client._async._transport._per_loop.values())
+            assert [slot.loop for slot in slots] == [_portal.current().loop]
 
 
 # -- a provider that holds a deadline across its yields ------------------------
