@@ -25,6 +25,8 @@ import chatkit
 from chatkit import AsyncClient, ChatCompletionChunk
 from chatkit.providers import Local
 from chatkit.providers import _local_setup as setup
+from chatkit.providers import local as local_module
+from chatkit.testing import Behavior, FakeOpenAIServer
 
 pytestmark = pytest.mark.skipif(not Local.is_available(), reason="needs chatkit[local]")
 
@@ -382,3 +384,83 @@ def test_exiting_while_the_model_loads_does_not_wait_for_it(cache_dir: Path) -> 
         child_pid = int(parent.stdout.readline())
         assert parent.wait(timeout=30) == 0
     assert _wait_gone(child_pid)
+
+
+# -- the parent's side of the protocol, with a stand-in child --------------------------
+# A tiny script takes the worker's place (a real process: it reads the settings,
+# announces a URL, waits for EOF), so the parent's handling of a child that
+# crashes, chatters or will not exit is tested without loading a model.
+
+_STAND_IN = """
+import json, os, signal, sys, time
+mode = os.environ["STAND_IN_MODE"]
+settings = json.loads(sys.stdin.readline())
+if mode == "sigill":
+    os.kill(os.getpid(), signal.SIGILL)
+print("llama.cpp chatter on stdout", flush=True)
+print("CHATKIT-LOCAL " + json.dumps({"ok": True, "url": os.environ["STAND_IN_URL"]}), flush=True)
+sys.stdin.read()
+if mode == "stubborn":
+    time.sleep(60)
+"""
+
+
+@pytest.fixture
+def stand_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache_dir: Path
+) -> Iterator[FakeOpenAIServer]:
+    script = tmp_path / "stand_in.py"
+    script.write_text(textwrap.dedent(_STAND_IN))
+    monkeypatch.setattr(local_module, "_WORKER_SCRIPT", script)
+    with FakeOpenAIServer(Behavior(text=" Paris is nice.")).run_in_thread() as server:
+        monkeypatch.setenv("STAND_IN_URL", server.url)
+        monkeypatch.setenv("STAND_IN_MODE", "serve")
+        yield server
+
+
+@pytest.mark.anyio
+async def test_a_child_killed_by_an_illegal_instruction_names_the_cpu(
+    stand_in: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STAND_IN_MODE", "sigill")
+    provider = Local(context_size=300)
+    with pytest.raises(chatkit.ProviderNotFoundError, match="illegal instruction"):
+        await provider.start()
+    await provider.aclose()
+
+
+@pytest.mark.anyio
+async def test_the_default_model_gets_its_prompt_format(stand_in: FakeOpenAIServer) -> None:
+    provider = Local(context_size=301)
+    parts = [{"type": "text", "text": "What is"}, {"type": "text", "text": "Paris?"}]
+    async with AsyncClient(provider=provider) as client:
+        stream = client.chat.completions.create(
+            messages=[{"role": "user", "content": parts}], stream=True, stop="END"
+        )
+        assert await stream.until_done() and stream.text == "Paris is nice."
+        body = stand_in.requests[-1].json
+        assert body["stop"] == ["END", *setup.DEFAULT_STOP]
+        assert body["messages"] == [{"role": "user", "content": "What is\nParis?"}]
+        assert body["model"] == "gemma-3-270m"
+        completion = await client.chat.completions.create(messages=QUESTION)
+        assert completion.text == "Paris is nice." and completion.provider == "Local"
+    await provider.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_child_that_will_not_exit_is_killed(
+    stand_in: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("STAND_IN_MODE", "stubborn")
+    monkeypatch.setattr(local_module, "_STOP_GRACE", 0.2)
+    model = tmp_path / "any.gguf"
+    model.write_bytes(b"GGUF")
+    provider = Local(model, context_size=302)
+    await provider.start()
+    pid = _worker_pid(provider)
+    async with AsyncClient(provider=provider) as client:
+        answer = await client.chat.completions.create(messages=QUESTION)
+    assert answer.text == " Paris is nice."  # a GGUF of your own: text as the model wrote it
+    assert stand_in.requests[-1].json["model"] == "any"
+    await provider.aclose()
+    assert not _alive(pid)

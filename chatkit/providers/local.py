@@ -61,6 +61,7 @@ __all__ = ["Local"]
 _WORKER_SCRIPT = Path(__file__).with_name("_local_worker.py")
 _READY_PREFIX = "CHATKIT-LOCAL "
 _SIGILL_EXIT = (-getattr(signal, "SIGILL", 4), 0xC000001D)  # POSIX signal, Windows status
+_STOP_GRACE = 10.0  # seconds a child gets to exit after its pipe closes, then it is killed
 
 
 class _Wire(OpenAI):
@@ -234,7 +235,7 @@ def _end_process(proc: subprocess.Popen[bytes]) -> None:
         if proc.stdin is not None:
             proc.stdin.close()  # the child's cue to shut down cleanly
     try:
-        proc.wait(timeout=10)
+        proc.wait(timeout=_STOP_GRACE)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
