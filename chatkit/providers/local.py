@@ -26,12 +26,10 @@ import contextlib
 import dataclasses
 import json
 import os
-import queue
 import secrets
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -129,6 +127,8 @@ class _Worker:
             "api_key": key,
             "chat_template": template,
         }
+        import tempfile  # here, not at the top: ``import chatkit`` stays cheap
+
         # Lives as long as the child: it explains a failed load, and is closed by stop().
         log = tempfile.TemporaryFile()  # noqa: SIM115
         proc = subprocess.Popen(
@@ -205,6 +205,8 @@ def _detached() -> dict[str, Any]:
 
 def _read_ready(stdout: IO[bytes], timeout: float) -> dict[str, Any] | None:
     """The child's ready line as a dict, ``{"ok": False}`` at EOF, None on timeout."""
+    import queue
+
     replies: queue.Queue[dict[str, Any]] = queue.Queue()
 
     def read() -> None:
