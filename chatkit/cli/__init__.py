@@ -28,6 +28,7 @@ EXIT_INTERRUPTED = 130
 COMMANDS: dict[str, str] = {
     "chat": "chatkit.cli._chat",
     "models": "chatkit.cli._models",
+    "serve": "chatkit.cli._serve",
 }
 _ASK = "chatkit.cli._ask"
 

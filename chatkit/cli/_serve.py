@@ -1,0 +1,145 @@
+"""``chatkit serve``: the OpenAI-compatible gateway and the chat page, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+import chatkit
+from chatkit.cli._common import error_line
+from chatkit.providers import PROVIDERS, Local, default_provider_class, get_provider_class
+
+__all__ = ["HELP", "add_arguments", "build_client", "run"]
+
+HELP = "Serve an OpenAI-compatible API (/v1/chat/completions, /v1/models) and a chat page."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # Imported here: every ``chatkit`` run imports this module for HELP, and
+    # aiohttp.web is not cheap to import.
+    from chatkit.server import API_KEY_ENV, DEFAULT_HOST, DEFAULT_MAX_BODY_SIZE, DEFAULT_PORT
+
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address (default {DEFAULT_HOST})")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free)"
+    )
+    parser.add_argument(
+        "-p",
+        "--provider",
+        default=None,
+        help="provider name, or several separated by commas for a fallback chain"
+        " (RetryProvider); known: " + ", ".join(sorted(PROVIDERS)),
+    )
+    parser.add_argument(
+        "--base-url", default=None, help="an OpenAI-compatible upstream server, e.g. vLLM"
+    )
+    parser.add_argument(
+        "-m",
+        "--model",
+        default="",
+        help='model used when a request names none, optionally "provider:model"',
+    )
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help=f"require this bearer token on /v1/ (default: ${API_KEY_ENV}; prefer the"
+        " variable, a command line is visible to other users)",
+    )
+    parser.add_argument("--proxy", default=None, help="proxy URL for upstream requests")
+    parser.add_argument("--retries", type=int, default=2, help="retries per provider (default 2)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds for each whole call")
+    parser.add_argument(
+        "--max-body-size",
+        type=int,
+        default=DEFAULT_MAX_BODY_SIZE,
+        help=f"largest request body in bytes (default {DEFAULT_MAX_BODY_SIZE})",
+    )
+    parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+
+
+def build_client(args: argparse.Namespace) -> tuple[chatkit.AsyncClient, list[Any]]:
+    """The client the gateway serves, and the provider instances it must start and close."""
+    names = [name.strip() for name in (args.provider or "").split(",") if name.strip()]
+    instances: list[Any] = []
+    provider: Any = None
+    if len(names) > 1:
+        # Built now, so that a missing key fails at start-up, not on every request.
+        instances = [get_provider_class(name)() for name in names]
+        provider = chatkit.RetryProvider(
+            instances, shuffle=False, single_provider_retry=True, max_retries=args.retries
+        )
+    elif names:
+        provider = get_provider_class(names[0])
+        if provider is Local:
+            provider = Local()
+            instances = [provider]
+    elif args.base_url is None and args.model.partition(":")[0].lower() not in PROVIDERS:
+        # Requests are routed per call ("provider:model"); fail now if nothing is set up.
+        default_provider_class()
+    client = chatkit.AsyncClient(
+        provider=provider,
+        base_url=args.base_url,
+        proxy=args.proxy,
+        max_retries=args.retries,
+        timeout=args.timeout,
+    )
+    return client, instances
+
+
+def run(args: argparse.Namespace) -> int:
+    from chatkit.server import API_KEY_ENV, create_app
+    from chatkit.server import run as run_app
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    try:
+        client, instances = build_client(args)
+        app = create_app(
+            client,
+            api_key=api_key,
+            max_body_size=args.max_body_size,
+            default_model=args.model or None,
+            close_client=True,
+        )
+    except chatkit.ChatkitError as exc:
+        if args.debug:
+            raise
+        print(error_line(exc), file=sys.stderr)
+        return 1
+
+    async def start_local(app: Any) -> None:
+        for provider in instances:
+            if isinstance(provider, Local):
+                print("chatkit serve: loading the local model", file=sys.stderr, flush=True)
+                await provider.start()
+
+    async def close_providers(app: Any) -> None:
+        for provider in instances:
+            aclose = getattr(provider, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    app.on_startup.append(start_local)
+    app.on_cleanup.append(close_providers)
+    auth = "bearer token required" if api_key else "no auth"
+
+    def ready(url: str) -> None:
+        print(f"chatkit serve: listening on {url} ({auth}); Ctrl-C stops", file=sys.stderr)
+        sys.stderr.flush()
+
+    try:
+        run_app(app, host=args.host, port=args.port, on_ready=ready)
+    except OSError as exc:  # the port is taken, the address is not ours, ...
+        if args.debug:
+            raise
+        print(error_line(exc), file=sys.stderr)
+        return 1
+    print("chatkit serve: stopped", file=sys.stderr)
+    return 0

@@ -1,0 +1,41 @@
+"""An OpenAI-compatible gateway on top of an ``AsyncClient``: ``chatkit serve``.
+
+``create_app(client)`` builds an aiohttp application with
+``POST /v1/chat/completions`` (streamed as SSE, or not), ``GET /v1/models``,
+``GET /health`` and a chat page at ``GET /``; ``run(app)`` serves it on
+127.0.0.1 until Ctrl-C, ``serve(app)`` does the same inside a running loop::
+
+    import chatkit
+    from chatkit.server import create_app, run
+
+    client = chatkit.AsyncClient(provider=chatkit.RetryProvider(["openai", "anthropic"]))
+    run(create_app(client, api_key="gateway-secret", close_client=True), port=8000)
+
+The response to a streamed request is committed only when its first chunk
+has arrived, so upstream errors arrive as HTTP statuses with OpenAI-shaped
+bodies; see docs/gateway.md for the exact semantics. Layer L7: only the
+public chatkit API is used here.
+"""
+
+from ._app import (
+    API_KEY_ENV,
+    DEFAULT_HOST,
+    DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_PORT,
+    create_app,
+    run,
+    serve,
+)
+from ._handlers import GATEWAY, Gateway
+
+__all__ = [
+    "API_KEY_ENV",
+    "DEFAULT_HOST",
+    "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_PORT",
+    "GATEWAY",
+    "Gateway",
+    "create_app",
+    "run",
+    "serve",
+]
