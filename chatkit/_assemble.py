@@ -13,12 +13,15 @@ from chatkit._types import (
     ChatCompletionChunk,
     ChatCompletionMessage,
     Choice,
+    ChoiceDelta,
     CompletionUsage,
     Function,
     ToolCall,
 )
 
 __all__ = ["CompletionBuilder"]
+
+_CONTENT_ONLY = frozenset({"content"})
 
 
 @dataclass
@@ -57,26 +60,40 @@ class CompletionBuilder:
             self.id, self.model, self.created = chunk.id, chunk.model, chunk.created
             self.system_fingerprint = chunk.system_fingerprint
             self.provider = chunk.provider
-        if chunk.usage is not None:
-            self.usage = chunk.usage
+        usage = chunk.usage
+        if usage is not None:
+            self.usage = usage
         for choice in chunk.choices:
-            parts = self._choices.get(choice.index)
-            if parts is None:
-                parts = self._choices[choice.index] = _ChoiceParts()
+            index = choice.index
+            parts = self._first if index == 0 else self._parts(index)
             delta = choice.delta
-            if delta.content:
-                parts.content.append(delta.content)
-            if delta.role:
-                parts.role = delta.role
-            if delta.reasoning_content:
-                parts.reasoning.append(delta.reasoning_content)
-            if delta.refusal:
-                parts.refusal.append(delta.refusal)
-            if delta.tool_calls:
-                for call in delta.tool_calls:
-                    self._add_tool_call(parts, call.index, call)
-            if choice.finish_reason is not None:
-                parts.finish_reason = choice.finish_reason
+            content = delta.content
+            if content:
+                parts.content.append(content)
+            # Most deltas carry content and nothing else: the fields the JSON
+            # held say so without reading the four that are then unset.
+            if delta.__pydantic_fields_set__ != _CONTENT_ONLY:
+                self._add_other(parts, delta)
+            finish_reason = choice.finish_reason
+            if finish_reason is not None:
+                parts.finish_reason = finish_reason
+
+    def _add_other(self, parts: _ChoiceParts, delta: ChoiceDelta) -> None:
+        if delta.role:
+            parts.role = delta.role
+        if delta.reasoning_content:
+            parts.reasoning.append(delta.reasoning_content)
+        if delta.refusal:
+            parts.refusal.append(delta.refusal)
+        if delta.tool_calls:
+            for call in delta.tool_calls:
+                self._add_tool_call(parts, call.index, call)
+
+    def _parts(self, index: int) -> _ChoiceParts:
+        parts = self._choices.get(index)
+        if parts is None:
+            parts = self._choices[index] = _ChoiceParts()
+        return parts
 
     @staticmethod
     def _add_tool_call(parts: _ChoiceParts, index: int, call: object) -> None:

@@ -113,6 +113,12 @@ class SSEDecoder:
         self._reset()
         return SSEDecodeError(f"SSE line longer than max_line_size ({self._max_line_size} bytes)")
 
+    def _event_too_long(self) -> SSEDecodeError:
+        self._reset()
+        return SSEDecodeError(
+            f"SSE event data longer than max_event_size ({self._max_event_size} characters)"
+        )
+
     def feed(self, data: bytes) -> list[SSEEvent]:
         """Decode the next read of the stream and return the events it completed."""
         if (
@@ -134,10 +140,54 @@ class SSEDecoder:
             raise self._line_too_long()
         # LF never occurs inside a UTF-8 sequence, so decoding whole lines at
         # once cannot split a character.
-        lines = block.decode("utf-8", "replace").split("\n")
-        lines.pop()  # always "": the block ends with a line terminator
-
+        text = block.decode("utf-8", "replace")
         events: list[SSEEvent] = []
+        if self._data or self._event_type or self._event_retry is not None:
+            # An event is half read: finish it line by line, up to its blank line.
+            if text[:1] == "\n":
+                cut = 1
+            else:
+                blank = text.find("\n\n")
+                if blank < 0:
+                    self._feed_lines(text, events)
+                    return events
+                cut = blank + 2
+            self._feed_lines(text[:cut], events)
+            text = text[cut:]
+        self._feed_events(text, events)
+        return events
+
+    def _feed_events(self, text: str, events: list[SSEEvent]) -> None:
+        """Decode LF-terminated lines that start at an event boundary.
+
+        The fast path: an event that is a single ``data: ...`` line costs a
+        split and a prefix check, not a pass through the line parser. Anything
+        else (several lines, other fields, comments, extra blank lines) hands
+        the rest of the text to ``_feed_lines``.
+        """
+        pieces = text.split("\n\n")
+        # After the last blank line: an unfinished event's lines, or "".
+        rest = pieces.pop()
+        last_id = self._last_event_id
+        limit = self._max_event_size
+        for index, piece in enumerate(pieces):
+            if piece[:6] == "data: " and "\n" not in piece:
+                value = piece[6:]
+                if value:  # an empty "data: " is no event (see the module docstring)
+                    if len(value) > limit:
+                        raise self._event_too_long()
+                    events.append(_new_event(SSEEvent, (value, "message", last_id, None)))
+            else:
+                pieces.append(rest)
+                rest = "\n\n".join(pieces[index:])
+                break
+        if rest:
+            self._feed_lines(rest, events)
+
+    def _feed_lines(self, text: str, events: list[SSEEvent]) -> None:
+        """The general parser: LF-terminated lines, field by field."""
+        lines = text.split("\n")
+        lines.pop()  # always "": the text ends with a line terminator
         # State lives in locals for the loop and is written back once.
         data_lines = self._data
         size = self._data_size
@@ -173,11 +223,7 @@ class SSEDecoder:
             if name == "data":
                 size += len(value) + 1
                 if size > limit:
-                    self._reset()
-                    raise SSEDecodeError(
-                        f"SSE event data longer than max_event_size "
-                        f"({self._max_event_size} characters)"
-                    )
+                    raise self._event_too_long()
                 data_lines.append(value)
             elif name == "event":
                 event_type = value
@@ -193,7 +239,6 @@ class SSEDecoder:
         self._event_type = event_type
         self._last_event_id = last_id
         self._event_retry = retry
-        return events
 
     def _complete_lines(self, data: bytes) -> bytes:
         """Buffer ``data``; return the complete lines so far, LF-terminated."""

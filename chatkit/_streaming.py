@@ -35,9 +35,12 @@ class AsyncChatStream:
         on_close: Any = None,
     ) -> None:
         self._chunks = chunks
+        # Bound once: __anext__ runs per chunk.
+        self._next_chunk = chunks.__anext__
         self._abort = abort
         self._on_close = on_close
         self._builder = CompletionBuilder()
+        self._add = self._builder.add
         self._first: ChatCompletionChunk | None = None
         self._started = False
         self._done = False
@@ -58,14 +61,11 @@ class AsyncChatStream:
             raise StopAsyncIteration
         self._started = True
         try:
-            chunk = await self._chunks.__anext__()
-        except StopAsyncIteration:
+            chunk = await self._next_chunk()
+        except BaseException:  # the end (StopAsyncIteration) or a failure
             await self._finish()
             raise
-        except BaseException:
-            await self._finish()
-            raise
-        self._builder.add(chunk)
+        self._add(chunk)
         return chunk
 
     def __await__(self) -> Generator[Any, None, AsyncChatStream]:

@@ -1,0 +1,164 @@
+"""Timed workloads, the fake server process, and import timing.
+
+Each workload returns one number per run (chunks/s or requests/s) and checks
+that every answer arrived whole. The runner calls them round after round and
+keeps the median.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from contenders import AsyncContender, SyncContender
+
+
+@dataclass(frozen=True)
+class Sizes:
+    long_chunks: int = 20_000
+    streams: int = 100
+    stream_chunks: int = 200
+    sequential: int = 300
+    batch: int = 1_000
+    batch_concurrency: int = 100
+    import_runs: int = 7
+
+
+QUICK = Sizes(
+    long_chunks=300,
+    streams=8,
+    stream_chunks=20,
+    sequential=20,
+    batch=40,
+    batch_concurrency=8,
+    import_runs=2,
+)
+
+
+def behavior(chunks: int) -> str:
+    """The ``x-fake-behavior`` header for a stream of `chunks` token-sized pieces."""
+    return json.dumps({"chunks": [" token"], "repeat": chunks})
+
+
+class CountMismatch(RuntimeError):
+    """A contender received fewer or more chunks than the server sent."""
+
+
+def _check(name: str, got: int, expected: int) -> None:
+    if got != expected:
+        raise CountMismatch(f"{name}: received {got} content chunks, expected {expected}")
+
+
+# -- async workloads ----------------------------------------------------------
+
+
+async def long_stream(c: AsyncContender, sizes: Sizes) -> float:
+    header = behavior(sizes.long_chunks)
+    start = time.perf_counter()
+    got = await c.stream(header)
+    elapsed = time.perf_counter() - start
+    _check(c.name, got, sizes.long_chunks)
+    return sizes.long_chunks / elapsed
+
+
+async def concurrent_streams(c: AsyncContender, sizes: Sizes) -> float:
+    header = behavior(sizes.stream_chunks)
+    start = time.perf_counter()
+    counts = await asyncio.gather(*(c.stream(header) for _ in range(sizes.streams)))
+    elapsed = time.perf_counter() - start
+    _check(c.name, sum(counts), sizes.streams * sizes.stream_chunks)
+    return sizes.streams * sizes.stream_chunks / elapsed
+
+
+async def sequential_requests(c: AsyncContender, sizes: Sizes) -> float:
+    start = time.perf_counter()
+    for _ in range(sizes.sequential):
+        if not await c.complete():
+            raise CountMismatch(f"{c.name}: empty answer")
+    return sizes.sequential / (time.perf_counter() - start)
+
+
+async def batched_requests(c: AsyncContender, sizes: Sizes) -> float:
+    left = sizes.batch
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            if not await c.complete():
+                raise CountMismatch(f"{c.name}: empty answer")
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(sizes.batch_concurrency)))
+    return sizes.batch / (time.perf_counter() - start)
+
+
+def sync_long_stream(c: SyncContender, sizes: Sizes) -> float:
+    header = behavior(sizes.long_chunks)
+    start = time.perf_counter()
+    got = c.stream(header)
+    elapsed = time.perf_counter() - start
+    _check(c.name, got, sizes.long_chunks)
+    return sizes.long_chunks / elapsed
+
+
+# -- the server process ---------------------------------------------------------
+
+
+@contextmanager
+def fake_server(startup_timeout: float = 30.0) -> Iterator[str]:
+    """Run ``python -m chatkit.testing --port 0`` in its own process; yield its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chatkit.testing", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    # readline() blocks; a timer kills a server that never announces itself.
+    watchdog = threading.Timer(startup_timeout, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        watchdog.cancel()
+        if not line.startswith("READY "):
+            raise RuntimeError(f"the fake server did not start (said {line!r})")
+        yield line.split(" ", 1)[1]
+    finally:
+        watchdog.cancel()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+# -- import time ----------------------------------------------------------------
+
+IMPORTS = {
+    "import chatkit": "import chatkit",
+    "chatkit.AsyncClient": "import chatkit; chatkit.AsyncClient",
+    "import openai": "import openai",
+}
+
+
+def import_time_ms(statement: str, runs: int) -> list[float]:
+    """Milliseconds `statement` takes in fresh interpreters, timed inside each one."""
+    code = f"import time\n_t = time.perf_counter()\n{statement}\nprint(time.perf_counter() - _t)\n"
+    times = []
+    for _ in range(runs):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        times.append(float(out.stdout.strip()) * 1000)
+    return times

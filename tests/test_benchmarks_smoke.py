@@ -1,0 +1,103 @@
+"""The benchmark script runs end to end (tiny sizes, one round) and prints its table.
+
+No timing is asserted: speed belongs in the benchmark's own output. This only
+proves the script works: it starts the fake server in its own process, drives
+every contender through every workload, checks the chunk counts, and reports.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "run.py"
+
+TINY = [
+    "--quick",
+    "--rounds",
+    "1",
+    "--long-chunks",
+    "40",
+    "--streams",
+    "3",
+    "--stream-chunks",
+    "4",
+    "--sequential",
+    "3",
+    "--batch",
+    "6",
+    "--batch-concurrency",
+    "3",
+    "--import-runs",
+    "1",
+]
+
+
+@pytest.mark.timeout(240)
+def test_quick_run_prints_the_table_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *TINY, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert result.returncode == 0, result.stderr
+    table = result.stdout
+    for row in (
+        "one stream, 40 chunks (chunks/s)",
+        "3 streams x 4 chunks (chunks/s)",
+        "3 sequential requests (req/s)",
+        "6 requests, 3 at a time (req/s)",
+        "import chatkit (ms, fresh process)",
+        "import openai (ms, fresh process)",
+        "targets",
+        "chatkit async streaming >= 0.6x raw floor (one stream)",
+        "import chatkit < 150 ms",
+    ):
+        assert row in table, f"missing {row!r} in:\n{table}"
+    for column in ("raw aiohttp+json", "chatkit async", "openai async", "openai sync"):
+        assert column in table
+
+    report = json.loads(out.read_text())
+    assert report["rounds"] == 1
+    assert report["sizes"]["long_chunks"] == 40
+    long_row = report["results"]["long"]
+    for name in ("raw aiohttp+json", "chatkit async", "openai async", "openai sync"):
+        assert len(long_row[name]) == 1 and long_row[name][0] > 0
+    assert {v["target"] for v in report["targets"]} >= {"import chatkit < 150 ms"}
+
+
+def test_sync_row_present_once_the_sync_client_exists() -> None:
+    """The chatkit sync contender is measured whenever ``chatkit.Client`` exists."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import contenders
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    names = [make().name for make in contenders.sync_contenders()]
+    try:
+        from chatkit import Client  # noqa: F401
+    except ImportError:
+        assert "chatkit sync" not in names
+    else:
+        assert names[0] == "chatkit sync"
+    assert "openai sync" in names
+
+
+def test_bad_sizes_are_refused_before_any_work() -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--long-chunks", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--long-chunks" in result.stderr
