@@ -84,6 +84,7 @@ class AsyncClient:
         self._headers = _check_headers(default_headers, "default_headers")
         self._proxy = ProxySettings.create(proxy=proxy, proxies=proxies, trust_env=trust_env)
         self._transport = Transport(self._proxy)
+        self._owned: dict[type, Any] = {}
         self._provider = self._instantiate(provider) if provider is not None else None
         if self._provider is None and self._base_url is not None:
             self._provider = self._instantiate(OpenAI)
@@ -118,13 +119,18 @@ class AsyncClient:
         if isinstance(spec, str):
             spec = get_provider_class(spec)
         if isinstance(spec, type):
-            kwargs: dict[str, Any] = {}
-            key = self._key_for(spec)
-            if key is not None:
-                kwargs["api_key"] = key
-            if self._base_url is not None:
-                kwargs["base_url"] = self._base_url
-            return spec(**kwargs)
+            # One instance per class per client: a provider may hold costly state
+            # (the local model's child process), and the client closes what it made.
+            made = self._owned.get(spec)
+            if made is None:
+                kwargs: dict[str, Any] = {}
+                key = self._key_for(spec)
+                if key is not None:
+                    kwargs["api_key"] = key
+                if self._base_url is not None:
+                    kwargs["base_url"] = self._base_url
+                made = self._owned[spec] = spec(**kwargs)
+            return made
         if not callable(getattr(spec, "stream", None)):
             raise InvalidRequestError(
                 "provider must be a provider class, instance or registered name, got"
@@ -165,8 +171,15 @@ class AsyncClient:
     # -- lifecycle -----------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Close the client's connections. Idempotent."""
-        await self._transport.aclose()
+        """Close the client's connections, and the providers it created. Idempotent."""
+        owned, self._owned = list(self._owned.values()), {}
+        try:
+            for provider in owned:
+                aclose = getattr(provider, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        finally:
+            await self._transport.aclose()
 
     close = aclose
 

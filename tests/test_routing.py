@@ -141,3 +141,25 @@ async def test_parse_argument_checks(server: FakeOpenAIServer) -> None:
         with pytest.raises(chatkit.InvalidRequestError, match="stream"):
             await client.chat.completions.parse(messages=HELLO, response_format=City, stream=True)
     assert server.requests == []
+
+
+async def test_the_client_makes_one_instance_per_class_and_closes_it(
+    server: FakeOpenAIServer,
+) -> None:
+    closed: list[str] = []
+
+    class Closing(OpenAI):
+        name = "Closing"
+
+        async def aclose(self) -> None:
+            closed.append(self.name)
+
+    client = chatkit.AsyncClient(base_url=server.base_url)
+    first = client._instantiate(Closing)
+    assert client._instantiate(Closing) is first
+    reply = await client.chat.completions.create(messages=HELLO, provider=Closing)
+    assert reply.provider == "Closing"
+    await client.aclose()
+    assert closed == ["Closing"]
+    await client.aclose()
+    assert closed == ["Closing"]

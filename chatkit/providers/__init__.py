@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from chatkit._retry_provider import IterListProvider, RetryProvider
 
 __all__ = [
+    "DEFAULT_ORDER",
     "ENTRY_POINT_GROUP",
     "PROVIDERS",
     "Anthropic",
