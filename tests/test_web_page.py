@@ -78,8 +78,9 @@ async def test_the_page_and_its_files_are_served_with_a_same_origin_policy() -> 
             assert page.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
             assert page.headers["X-Content-Type-Options"] == "nosniff"
             assert page.headers["Referrer-Policy"] == "no-referrer"
-        assert '<script src="/static/app.js" defer></script>' in html
-        assert '<link rel="stylesheet" href="/static/style.css">' in html
+        # Relative, so that the page also works when the app is mounted under a prefix.
+        assert '<script src="static/app.js" defer></script>' in html
+        assert '<link rel="stylesheet" href="static/style.css">' in html
         for path, content_type in ASSETS.items():
             async with http.get(url + path) as asset:
                 assert asset.status == 200, path
@@ -458,6 +459,24 @@ async def test_new_chat_clears_the_conversation_even_mid_stream(browser: Browser
 
 
 @needs_chromium
+async def test_the_page_works_with_the_gateway_mounted_under_a_prefix(browser: Browser) -> None:
+    async with FakeOpenAIServer(Behavior(text="Mounted.")) as upstream:
+        client = chatkit.AsyncClient(base_url=upstream.base_url, api_key=UPSTREAM_KEY)
+        root = web.Application(handler_args={"handler_cancellation": True})
+        root.add_subapp("/llm", create_app(client, api_key=GATEWAY_KEY))
+        async with client, serving(root) as url:
+            await browser.navigate(url + "/llm/")
+            await browser.wait_for("document.getElementById('error').textContent")
+            await _set_value(browser, "#api-key", GATEWAY_KEY)
+            await browser.wait_for("document.getElementById('model-select').options.length > 1")
+            assert await browser.evaluate("getComputedStyle(document.body).maxWidth") != "none"
+            await _send(browser, "Hello below /llm")
+            done = await browser.wait_for(_answer_where("a.state === 'done'"))
+            assert done["text"] == "Mounted."
+            _assert_stayed_on(browser, url + "/llm")
+
+
+@needs_chromium
 async def test_the_browser_refuses_requests_to_other_hosts(browser: Browser) -> None:
     async with FakeOpenAIServer() as upstream, gateway(upstream) as url:
         await _open_page(browser, url)
@@ -546,9 +565,12 @@ async def test_the_page_reads_sse_split_anywhere(browser: Browser) -> None:
             SSE,
             [
                 b": a comment, then an empty event\r\n\r\ndata:\r\n\r\n",
-                b"data: " + _chunk("A") + b"\r",  # CRLF split across two reads
-                b"\n\r\nevent: message\nid: 7\nretry: 100\ndata: " + _chunk("B") + b"\n\n",
-                b'data: {"choices":\ndata: [{"delta":{"content":"C"}}]}\n\n',  # multi-line data
+                b"data: " + _chunk("A") + b"\n\n",
+                # Two data lines of one event, with the CRLF between them split
+                # across reads: the CR alone must not end the event.
+                b'event: message\nid: 7\nretry: 100\ndata: {"choices":\r',
+                b'\ndata: [{"delta":{"content":"B"}}]}\r\n\r\n',
+                b'data: {"choices":\ndata: [{"delta":{"content":"C"}}]}\n\n',
                 b"data:" + _chunk("D") + b"\r\r",  # CR line ends, no space after the colon
                 utf8[:cut],
                 utf8[cut:],

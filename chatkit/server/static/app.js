@@ -1,5 +1,6 @@
 // chatkit web chat: talks to this gateway's OpenAI-compatible API and nothing else.
 // Model output is only ever inserted as text (textContent / Text nodes), never as HTML.
+// URLs are relative to the page, so the gateway also works mounted under a prefix.
 "use strict";
 
 (() => {
@@ -128,7 +129,7 @@
     setStatus("Loading models\u2026");
     let response;
     try {
-      response = await fetch("/v1/models", { headers: requestHeaders(), cache: "no-store" });
+      response = await fetch("v1/models", { headers: requestHeaders(), cache: "no-store" });
     } catch (err) {
       showError(`Could not list models: the gateway is unreachable (${err.message}).`);
       setStatus("");
@@ -333,7 +334,7 @@
     try {
       let response;
       try {
-        response = await fetch("/v1/chat/completions", {
+        response = await fetch("v1/chat/completions", {
           method: "POST",
           headers: requestHeaders({
             "Content-Type": "application/json",
