@@ -235,14 +235,32 @@ def chatkit_sync_available() -> bool:
     return True
 
 
-def async_contenders() -> list[Callable[[], AsyncContender]]:
-    return [RawAiohttp, ChatkitAsync, OpenAIAsync, lambda: RawAiohttp(parse=False)]
+RAW = "raw aiohttp+json"
+CHATKIT_ASYNC = "chatkit async"
+CHATKIT_SYNC = "chatkit sync"
+OPENAI_ASYNC = "openai async"
+OPENAI_SYNC = "openai sync"
+CEILING = "server ceiling"
+
+ASYNC_CONTENDERS: dict[str, Callable[[], AsyncContender]] = {
+    RAW: RawAiohttp,
+    CHATKIT_ASYNC: ChatkitAsync,
+    OPENAI_ASYNC: OpenAIAsync,
+    CEILING: lambda: RawAiohttp(parse=False),
+}
+SYNC_CONTENDERS: dict[str, Callable[[], SyncContender]] = {
+    CHATKIT_SYNC: ChatkitSync,
+    OPENAI_SYNC: OpenAISync,
+}
+COLUMNS = [RAW, CHATKIT_ASYNC, CHATKIT_SYNC, OPENAI_ASYNC, OPENAI_SYNC, CEILING]
 
 
-def sync_contenders() -> list[Callable[[], SyncContender]]:
-    """The sync rows; chatkit's is added once ``chatkit.Client`` exists."""
-    makers: list[Callable[[], SyncContender]] = []
-    if chatkit_sync_available():
-        makers.append(ChatkitSync)
-    makers.append(OpenAISync)
-    return makers
+def available() -> list[str]:
+    """Every contender this checkout can run, in table order.
+
+    The chatkit sync row is added by itself once ``chatkit.Client`` exists.
+    """
+    names = list(COLUMNS)
+    if not chatkit_sync_available():
+        names.remove(CHATKIT_SYNC)
+    return names

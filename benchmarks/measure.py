@@ -56,36 +56,58 @@ def _check(name: str, got: int, expected: int) -> None:
         raise CountMismatch(f"{name}: received {got} content chunks, expected {expected}")
 
 
-# -- async workloads ----------------------------------------------------------
+# -- workloads ------------------------------------------------------------------
+#
+# Each returns two rates for the same run: per second of wall-clock time (what
+# the tables show) and per second of this process's CPU time (all its threads),
+# which a busy shared machine disturbs far less.
 
 
-async def long_stream(c: AsyncContender, sizes: Sizes) -> float:
+@dataclass(frozen=True)
+class Rates:
+    wall: float
+    cpu: float
+
+
+class _Clock:
+    def __enter__(self) -> _Clock:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+    def rates(self, units: int) -> Rates:
+        # process_time ticks coarsely on some systems: never divide by zero.
+        return Rates(units / max(self.wall, 1e-9), units / max(self.cpu, 1e-6))
+
+
+async def long_stream(c: AsyncContender, sizes: Sizes) -> Rates:
     header = behavior(sizes.long_chunks)
-    start = time.perf_counter()
-    got = await c.stream(header)
-    elapsed = time.perf_counter() - start
+    with _Clock() as clock:
+        got = await c.stream(header)
     _check(c.name, got, sizes.long_chunks)
-    return sizes.long_chunks / elapsed
+    return clock.rates(sizes.long_chunks)
 
 
-async def concurrent_streams(c: AsyncContender, sizes: Sizes) -> float:
+async def concurrent_streams(c: AsyncContender, sizes: Sizes) -> Rates:
     header = behavior(sizes.stream_chunks)
-    start = time.perf_counter()
-    counts = await asyncio.gather(*(c.stream(header) for _ in range(sizes.streams)))
-    elapsed = time.perf_counter() - start
+    with _Clock() as clock:
+        counts = await asyncio.gather(*(c.stream(header) for _ in range(sizes.streams)))
     _check(c.name, sum(counts), sizes.streams * sizes.stream_chunks)
-    return sizes.streams * sizes.stream_chunks / elapsed
+    return clock.rates(sizes.streams * sizes.stream_chunks)
 
 
-async def sequential_requests(c: AsyncContender, sizes: Sizes) -> float:
-    start = time.perf_counter()
-    for _ in range(sizes.sequential):
-        if not await c.complete():
-            raise CountMismatch(f"{c.name}: empty answer")
-    return sizes.sequential / (time.perf_counter() - start)
+async def sequential_requests(c: AsyncContender, sizes: Sizes) -> Rates:
+    with _Clock() as clock:
+        for _ in range(sizes.sequential):
+            if not await c.complete():
+                raise CountMismatch(f"{c.name}: empty answer")
+    return clock.rates(sizes.sequential)
 
 
-async def batched_requests(c: AsyncContender, sizes: Sizes) -> float:
+async def batched_requests(c: AsyncContender, sizes: Sizes) -> Rates:
     left = sizes.batch
 
     async def worker() -> None:
@@ -95,18 +117,26 @@ async def batched_requests(c: AsyncContender, sizes: Sizes) -> float:
             if not await c.complete():
                 raise CountMismatch(f"{c.name}: empty answer")
 
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(sizes.batch_concurrency)))
-    return sizes.batch / (time.perf_counter() - start)
+    with _Clock() as clock:
+        await asyncio.gather(*(worker() for _ in range(sizes.batch_concurrency)))
+    return clock.rates(sizes.batch)
 
 
-def sync_long_stream(c: SyncContender, sizes: Sizes) -> float:
+def sync_long_stream(c: SyncContender, sizes: Sizes) -> Rates:
     header = behavior(sizes.long_chunks)
-    start = time.perf_counter()
-    got = c.stream(header)
-    elapsed = time.perf_counter() - start
+    with _Clock() as clock:
+        got = c.stream(header)
     _check(c.name, got, sizes.long_chunks)
-    return sizes.long_chunks / elapsed
+    return clock.rates(sizes.long_chunks)
+
+
+ASYNC_WORKLOADS = {
+    "long": long_stream,
+    "concurrent": concurrent_streams,
+    "sequential": sequential_requests,
+    "batch": batched_requests,
+}
+SYNC_WORKLOADS = {"long": sync_long_stream}
 
 
 # -- the server process ---------------------------------------------------------

@@ -2,116 +2,117 @@
 
     python benchmarks/run.py               # full run, 5 rounds, prints the table
     python benchmarks/run.py --quick       # small sizes, 1 round: a smoke run
-    python benchmarks/run.py --json out.json --rounds 7
+    python benchmarks/run.py --json out.json --rounds 9
 
 A fake OpenAI-compatible server (``python -m chatkit.testing``) runs in its own
-process; every contender talks to it over loopback in the same run, round
-after round, in rotating order. Cells are medians over the rounds; ratios are
-medians of the per-round ratios (both sides measured minutes apart at most).
+process, and so does every contender (``worker.py``): one library's imports,
+heap and threads never slow another down. The contenders take turns, one at a
+time, workload by workload, in an order that rotates every round. Cells are
+medians over the rounds; ratios are medians of the per-round ratios.
 See docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import datetime
 import json
 import os
-import platform
 import statistics
+import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from contenders import (
-    AsyncContender,
-    SyncContender,
-    async_contenders,
-    chatkit_sync_available,
-    sync_contenders,
-)
-from measure import (
-    IMPORTS,
-    QUICK,
-    Sizes,
-    batched_requests,
-    behavior,
-    concurrent_streams,
-    fake_server,
-    import_time_ms,
-    long_stream,
-    sequential_requests,
-    sync_long_stream,
-)
+from contenders import available
+from measure import IMPORTS, QUICK, Sizes, fake_server, import_time_ms
+from report import WORKLOADS, Results, evaluate, loadavg, machine, table
 
-RAW = "raw aiohttp+json"
-ASYNC = "chatkit async"
-SYNC = "chatkit sync"
-OPENAI = "openai async"
-CEILING = "server ceiling"
-COLUMNS = [RAW, ASYNC, SYNC, OPENAI, "openai sync", CEILING]
+WORKER = Path(__file__).resolve().parent / "worker.py"
+# A workload that takes longer than this has hung (the slowest full-size one,
+# openai on 20,000 chunks, takes seconds).
+COMMAND_TIMEOUT = 600.0
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Workload:
-    key: str
-    label: str
-    unit: str
-    run: Callable[[AsyncContender, Sizes], Awaitable[float]]
-    streamed: bool
+class WorkerError(RuntimeError):
+    """A contender failed: its process died, or a workload raised."""
 
 
-WORKLOADS = [
-    Workload("long", "one stream, {long_chunks} chunks", "chunks/s", long_stream, True),
-    Workload(
-        "concurrent",
-        "{streams} streams x {stream_chunks} chunks",
-        "chunks/s",
-        concurrent_streams,
-        True,
-    ),
-    Workload("sequential", "{sequential} sequential requests", "req/s", sequential_requests, False),
-    Workload(
-        "batch",
-        "{batch} requests, {batch_concurrency} at a time",
-        "req/s",
-        batched_requests,
-        False,
-    ),
-]
+class Worker:
+    """A contender's process (``worker.py``), answering one command at a time."""
+
+    def __init__(self, name: str, base_url: str) -> None:
+        self.name = name
+        self._proc = subprocess.Popen(
+            [sys.executable, str(WORKER), name, base_url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def _receive(self) -> dict[str, Any]:
+        assert self._proc.stdout is not None
+        # readline() blocks; the timer kills a worker that stopped answering.
+        watchdog = threading.Timer(COMMAND_TIMEOUT, self._proc.kill)
+        watchdog.start()
+        try:
+            line = self._proc.stdout.readline()
+        finally:
+            watchdog.cancel()
+        if not line:
+            raise WorkerError(f"{self.name}: the worker process exited ({self._proc.wait()})")
+        message: dict[str, Any] = json.loads(line)
+        if "error" in message:
+            raise WorkerError(f"{self.name}: {message['error']}\n{message.get('traceback', '')}")
+        return message
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps(message) + "\n")
+        self._proc.stdin.flush()
+
+    def wait_ready(self) -> None:
+        self._receive()
+
+    def run(self, workload: str, sizes: Sizes) -> tuple[float, float]:
+        """The workload's rate per wall-clock second and per CPU second of the worker."""
+        self._send({"op": "run", "workload": workload, "sizes": dataclasses.asdict(sizes)})
+        answer = self._receive()
+        return float(answer["value"]), float(answer["cpu"])
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            try:
+                self._send({"op": "quit"})
+                self._proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self._proc.kill()
+                self._proc.wait()
+        for stream in (self._proc.stdin, self._proc.stdout):
+            if stream is not None:
+                stream.close()
 
 
-@dataclass(frozen=True)
-class Target:
-    label: str
-    workload: str
-    subject: str
-    baseline: str
-    at_least: float
-
-
-TARGETS = [
-    Target("chatkit async streaming >= 0.6x raw floor (one stream)", "long", ASYNC, RAW, 0.6),
-    Target(
-        "chatkit async streaming >= 0.6x raw floor (many streams)", "concurrent", ASYNC, RAW, 0.6
-    ),
-    Target("chatkit async streaming >= 4x openai (one stream)", "long", ASYNC, OPENAI, 4.0),
-    Target("chatkit async streaming >= 4x openai (many streams)", "concurrent", ASYNC, OPENAI, 4.0),
-    Target("chatkit sync streaming >= 0.5x chatkit async (one stream)", "long", SYNC, ASYNC, 0.5),
-    Target("chatkit non-streamed >= 0.7x raw floor (sequential)", "sequential", ASYNC, RAW, 0.7),
-    Target("chatkit non-streamed >= 0.7x raw floor (concurrent)", "batch", ASYNC, RAW, 0.7),
-]
-IMPORT_TARGET_MS = 150.0
-
-Results = dict[str, dict[str, list[float]]]
+@contextmanager
+def workers(names: Sequence[str], base_url: str) -> Iterator[dict[str, Worker]]:
+    """Start every contender's process (they warm up in parallel), close them all after."""
+    with ExitStack() as stack:
+        started: dict[str, Worker] = {}
+        for name in names:
+            worker = Worker(name, base_url)
+            stack.callback(worker.close)
+            started[name] = worker
+        for worker in started.values():
+            worker.wait_ready()
+        yield started
 
 
 def _rotate(items: Sequence[T], by: int) -> list[T]:
@@ -121,178 +122,22 @@ def _rotate(items: Sequence[T], by: int) -> list[T]:
     return [*items[by:], *items[:by]]
 
 
-# -- one round ------------------------------------------------------------------
-
-
-async def _async_round(
-    base_url: str,
-    makers: Sequence[Callable[[], AsyncContender]],
-    sizes: Sizes,
-    round_no: int,
-    results: Results,
-) -> None:
-    contenders = [make() for make in makers]
-    opened: list[AsyncContender] = []
-    try:
-        for contender in contenders:
-            await contender.open(base_url)
-            opened.append(contender)
-            # Warm up: connections, lazy imports, pydantic's first validation.
-            await contender.stream(behavior(5))
-            if contender.name != CEILING:
-                await contender.complete()
+def measure_rounds(pool: dict[str, Worker], sizes: Sizes, rounds: int) -> tuple[Results, Results]:
+    """Rates per wall-clock second and per client CPU second, round by round."""
+    wall: Results = {w.key: {} for w in WORKLOADS}
+    cpu: Results = {w.key: {} for w in WORKLOADS}
+    for round_no in range(rounds):
+        print(f"round {round_no + 1}/{rounds} ...", file=sys.stderr, flush=True)
         for workload in WORKLOADS:
-            for contender in _rotate(contenders, round_no):
-                if contender.name == CEILING and not workload.streamed:
-                    continue
-                value = await workload.run(contender, sizes)
-                results[workload.key].setdefault(contender.name, []).append(value)
-    finally:
-        for contender in opened:
-            await contender.close()
+            names = [n for n in workload.contenders if n in pool]
+            for name in _rotate(names, round_no):
+                per_wall, per_cpu = pool[name].run(workload.key, sizes)
+                wall[workload.key].setdefault(name, []).append(per_wall)
+                cpu[workload.key].setdefault(name, []).append(per_cpu)
+    return wall, cpu
 
 
-def _sync_round(
-    base_url: str,
-    makers: Sequence[Callable[[], SyncContender]],
-    sizes: Sizes,
-    round_no: int,
-    results: Results,
-) -> None:
-    for make in _rotate(makers, round_no):
-        contender = make()
-        contender.open(base_url)
-        try:
-            contender.stream(behavior(5))
-            value = sync_long_stream(contender, sizes)
-        finally:
-            contender.close()
-        results["long"].setdefault(contender.name, []).append(value)
-
-
-# -- reporting --------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for name in ("chatkit", "aiohttp", "pydantic", "pydantic_core", "openai", "httpx"):
-        try:
-            from importlib.metadata import version
-
-            versions[name] = version(name.replace("_", "-"))
-        except Exception:
-            versions[name] = "?"
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": versions,
-    }
-
-
-def _loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
-def _ratios(results: Results, target: Target) -> list[float]:
-    """Per-round ratios subject / baseline (rounds pair up by position)."""
-    row = results.get(target.workload, {})
-    subject, baseline = row.get(target.subject, []), row.get(target.baseline, [])
-    return [s / b for s, b in zip(subject, baseline, strict=False) if b > 0]
-
-
-def evaluate(results: Results, imports: dict[str, list[float]]) -> list[dict[str, Any]]:
-    verdicts = []
-    for target in TARGETS:
-        ratios = _ratios(results, target)
-        ratio = statistics.median(ratios) if ratios else None
-        verdicts.append(
-            {
-                "target": target.label,
-                "value": None if ratio is None else round(ratio, 3),
-                "unit": "x",
-                "required": target.at_least,
-                "met": None if ratio is None else ratio >= target.at_least,
-                "per_round": [round(r, 3) for r in ratios],
-            }
-        )
-    chatkit_ms = imports.get("import chatkit")
-    median_ms = statistics.median(chatkit_ms) if chatkit_ms else None
-    verdicts.append(
-        {
-            "target": f"import chatkit < {IMPORT_TARGET_MS:.0f} ms",
-            "value": None if median_ms is None else round(median_ms, 1),
-            "unit": "ms",
-            "required": IMPORT_TARGET_MS,
-            "met": None if median_ms is None else median_ms < IMPORT_TARGET_MS,
-            "per_round": [round(t, 1) for t in chatkit_ms or []],
-        }
-    )
-    return verdicts
-
-
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
-
-
-def table(
-    results: Results,
-    imports: dict[str, list[float]],
-    verdicts: list[dict[str, Any]],
-    sizes: Sizes,
-    info: dict[str, Any],
-) -> str:
-    columns = [c for c in COLUMNS if any(c in row for row in results.values())]
-    labels = [f"{w.label.format(**dataclasses.asdict(sizes))} ({w.unit})" for w in WORKLOADS]
-    labels += [f"{name} (ms, fresh process)" for name in imports]
-    first = max(map(len, labels)) + 2
-    width = max(12, *(len(c) + 2 for c in columns))
-    lines = [
-        "chatkit benchmarks: medians over {rounds} round(s)".format(**info),
-        "{date}  {cpu} ({cores} cores)  Python {python}".format(**info, **info["machine"]),
-        "load average before {load_before}, after {load_after}".format(**info),
-        "",
-        "workload".ljust(first) + "".join(c.rjust(width) for c in columns),
-    ]
-    for workload in WORKLOADS:
-        label = workload.label.format(**dataclasses.asdict(sizes)) + f" ({workload.unit})"
-        row = results.get(workload.key, {})
-        cells = [_fmt(statistics.median(row[c]) if row.get(c) else None) for c in columns]
-        lines.append(label.ljust(first) + "".join(cell.rjust(width) for cell in cells))
-    lines.append("")
-    for name, times in imports.items():
-        label = f"{name} (ms, fresh process)"
-        lines.append(label.ljust(first) + _fmt(statistics.median(times)).rjust(width))
-    lines.append("")
-    lines.append("targets (median of the per-round ratios; range over the rounds)")
-    for verdict in verdicts:
-        value = verdict["value"]
-        shown = "n/a" if value is None else f"{value:.2f}{verdict['unit']}"
-        mark = {True: "met", False: "NOT MET", None: "not measured"}[verdict["met"]]
-        spread = verdict["per_round"]
-        span = f"{min(spread):.2f}-{max(spread):.2f}" if len(spread) > 1 else ""
-        lines.append(f"  {verdict['target']:<60}{shown:>9}  {mark:<13}{span}".rstrip())
-    if not chatkit_sync_available():
-        lines.append("")
-        lines.append("chatkit sync: not measured (chatkit.Client does not exist in this checkout)")
-    return "\n".join(lines)
-
-
-# -- main ---------------------------------------------------------------------------
+# -- command line -------------------------------------------------------------------
 
 
 def _positive(text: str) -> int:
@@ -303,7 +148,7 @@ def _positive(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument(
         "--rounds", type=_positive, default=None, help="rounds (default 5; --quick: 1)"
     )
@@ -331,49 +176,49 @@ def _sizes(args: argparse.Namespace) -> Sizes:
     return dataclasses.replace(base, **overrides)
 
 
-def _selected(makers: Sequence[Callable[[], T]], only: set[str] | None) -> list[Callable[[], T]]:
-    if only is None:
-        return list(makers)
-    return [m for m in makers if getattr(m(), "name", None) in only]
-
-
 def run(args: argparse.Namespace) -> tuple[str, dict[str, Any], bool]:
     sizes = _sizes(args)
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 5)
-    only = {name.strip() for name in args.only.split(",")} if args.only else None
-    amakers = _selected(async_contenders(), only)
-    smakers = _selected(sync_contenders(), only)
+    names = available()
+    if args.only:
+        wanted = {name.strip() for name in args.only.split(",")}
+        unknown = wanted - set(names)
+        if unknown:
+            raise SystemExit(f"unknown or unavailable contenders: {sorted(unknown)}")
+        names = [n for n in names if n in wanted]
     # The benchmark talks to loopback only; a proxy from the environment would skew it.
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
-        os.environ.pop(name, None)
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        os.environ.pop(var, None)
     info: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "rounds": rounds,
         "machine": machine(),
-        "load_before": _loadavg(),
+        "load_before": loadavg(),
     }
     imports = {name: import_time_ms(code, sizes.import_runs) for name, code in IMPORTS.items()}
-    results: Results = {w.key: {} for w in WORKLOADS}
-    with fake_server() as base_url:
-        for round_no in range(rounds):
-            print(f"round {round_no + 1}/{rounds} ...", file=sys.stderr, flush=True)
-            asyncio.run(_async_round(base_url, amakers, sizes, round_no, results))
-            _sync_round(base_url, smakers, sizes, round_no, results)
-    info["load_after"] = _loadavg()
-    verdicts = evaluate(results, imports)
+    with fake_server() as base_url, workers(names, base_url) as pool:
+        results, cpu_results = measure_rounds(pool, sizes, rounds)
+    info["load_after"] = loadavg()
+    verdicts = evaluate(results, imports, cpu_results)
     report = {
         **info,
         "sizes": dataclasses.asdict(sizes),
         "results": results,
-        "medians": {
-            key: {name: statistics.median(values) for name, values in row.items()}
-            for key, row in results.items()
-        },
+        "medians": _medians(results),
+        "cpu_results": cpu_results,
+        "cpu_medians": _medians(cpu_results),
         "import_ms": imports,
         "targets": verdicts,
     }
     all_met = all(v["met"] for v in verdicts if v["met"] is not None)
-    return table(results, imports, verdicts, sizes, info), report, all_met
+    return table(results, cpu_results, imports, verdicts, sizes, info), report, all_met
+
+
+def _medians(results: Results) -> dict[str, dict[str, float]]:
+    return {
+        key: {name: statistics.median(values) for name, values in row.items()}
+        for key, row in results.items()
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
