@@ -222,7 +222,7 @@ def table(
         lines.append(
             f"  {verdict['target']:<60}{shown:>9}  {mark:<13}{span:<12}{cpu_shown}".rstrip()
         )
-    if CHATKIT_SYNC not in columns:
+    if not info.get("sync_available", True):
         lines.append("")
         lines.append("chatkit sync: not measured (chatkit.Client does not exist in this checkout)")
     return "\n".join(lines)

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from contenders import available
+from contenders import available, chatkit_sync_available
 from measure import IMPORTS, QUICK, Sizes, fake_server, import_time_ms
 from report import WORKLOADS, Results, evaluate, loadavg, machine, table
 
@@ -194,6 +194,7 @@ def run(args: argparse.Namespace) -> tuple[str, dict[str, Any], bool]:
         "rounds": rounds,
         "machine": machine(),
         "load_before": loadavg(),
+        "sync_available": chatkit_sync_available(),
     }
     imports = {name: import_time_ms(code, sizes.import_runs) for name, code in IMPORTS.items()}
     with fake_server() as base_url, workers(names, base_url) as pool:
