@@ -12,6 +12,7 @@ import gc
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -396,12 +397,14 @@ def test_fork_child_gets_its_own_loop_and_leaves_the_parents_alone(
     client.close()
 
 
-def test_an_abandoned_loop_points_its_descriptors_at_devnull(server: FakeOpenAIServer) -> None:
+def test_an_abandoned_loop_points_its_descriptors_at_devnull() -> None:
     # What the fork hook does to the child's copy of the loop, shown on a
     # loop that never runs (so nothing else in this process is affected).
     loop = asyncio.SelectorEventLoop()
-    host, port = server.url.removeprefix("http://").split(":")
-    _, writer = loop.run_until_complete(asyncio.open_connection(host, int(port)))
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        _, writer = loop.run_until_complete(asyncio.open_connection("127.0.0.1", port))
+        peer, _ = listener.accept()
     descriptors = _portal._descriptors(loop)
     connection = writer.get_extra_info("socket").fileno()
     assert connection in descriptors
@@ -413,6 +416,10 @@ def test_an_abandoned_loop_points_its_descriptors_at_devnull(server: FakeOpenAIS
     null = os.stat(os.devnull)
     for fd in descriptors:
         assert os.fstat(fd).st_rdev == null.st_rdev
+    with peer:
+        # This loop held the only descriptor, so the connection ended; in a
+        # forked child the parent's own descriptor keeps it open.
+        assert peer.recv(1) == b""
     for fd, copy in saved.items():
         os.dup2(copy, fd, inheritable=False)
         os.close(copy)
