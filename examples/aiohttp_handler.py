@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
+import signal
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -104,6 +104,9 @@ def make_app(base_url: str | None) -> web.Application:
 
 
 async def main(host: str, port: int, base_url: str | None) -> None:
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     # handler_cancellation: a disconnect cancels the handler (off by default in aiohttp).
     runner = web.AppRunner(make_app(base_url), handler_cancellation=True)
     await runner.setup()
@@ -111,7 +114,7 @@ async def main(host: str, port: int, base_url: str | None) -> None:
         await web.TCPSite(runner, host, port).start()
         bound_host, bound_port = runner.addresses[0][:2]
         print(f"listening on http://{bound_host}:{bound_port}", flush=True)
-        await asyncio.Event().wait()  # until Ctrl-C
+        await stop.wait()  # Ctrl-C or SIGTERM: finish cleanly, client closed
     finally:
         await runner.cleanup()
 
@@ -122,5 +125,4 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--base-url", help="an OpenAI-compatible server, e.g. a local one")
     args = parser.parse_args()
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main(args.host, args.port, args.base_url))
+    asyncio.run(main(args.host, args.port, args.base_url))

@@ -178,19 +178,34 @@ async def test_upstream_status_reaches_the_caller(stream: bool, status: int, kin
         assert "Retry-After" not in headers
 
 
-async def test_upstream_401_is_reported_without_its_message() -> None:
-    # The gateway holds a key the upstream rejects: 401, about the gateway's key.
+@pytest.mark.parametrize(
+    ("status", "kind"), [(401, "authentication_error"), (403, "permission_error")]
+)
+async def test_upstream_auth_failures_are_reported_without_their_message(
+    status: int, kind: str
+) -> None:
+    # The gateway's upstream key is refused: the caller learns that, not the
+    # vendor's message (which is about the gateway's key and may quote it).
+    async with FakeOpenAIServer(api_key=UPSTREAM_KEY) as upstream:
+        upstream.script(Behavior(status=status, error_type="invalid_request_error"))
+        async with gateway(upstream) as url:
+            got, headers, raw = await post(url, {"messages": MESSAGES, "stream": True})
+    assert got == status
+    error = error_of(raw)
+    assert error["type"] == kind
+    assert error["code"] == "upstream_authentication_failed"
+    assert error["message"] == f"OpenAI rejected the gateway's credentials (HTTP {status})"
+    assert "WWW-Authenticate" not in headers  # the caller's own credentials are fine
+
+
+async def test_a_wrong_upstream_key_is_a_401() -> None:
     async with (
         FakeOpenAIServer(api_key="sk-the-right-one") as upstream,
         gateway(upstream) as url,
     ):
-        status, headers, raw = await post(url, {"messages": MESSAGES, "stream": True})
+        status, _, raw = await post(url, {"messages": MESSAGES})
     assert status == 401
-    error = error_of(raw)
-    assert error["type"] == "authentication_error"
-    assert error["code"] == "upstream_authentication_failed"
-    assert error["message"] == "OpenAI rejected the gateway's credentials (HTTP 401)"
-    assert "WWW-Authenticate" not in headers  # the caller's own credentials are fine
+    assert error_of(raw)["code"] == "upstream_authentication_failed"
 
 
 async def test_retry_after_ms_is_passed_through_on_429() -> None:

@@ -56,8 +56,8 @@ def create_app(
     ``POST /v1/chat/completions`` (streamed as SSE or not), ``GET /v1/models``,
     ``GET /health``, and the chat page at ``GET /``.
 
-    api_key: when set, every ``/v1/`` request needs ``Authorization: Bearer
-        <api_key>`` (``/health`` and the page do not).
+    api_key: when set, the API routes (``/v1/...``) need ``Authorization:
+        Bearer <api_key>``; ``/health`` and the page do not.
     max_body_size: the largest request body accepted, in bytes (413 above it).
     default_model: used when a request names no model (``"provider:model"``
         allowed); otherwise the provider's own default.

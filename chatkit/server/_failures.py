@@ -104,7 +104,7 @@ def _upstream_status(exc: chatkit.APIStatusError) -> Failure:
     if status in (401, 403):
         who = exc.provider or "the upstream provider"
         message = f"{who} rejected the gateway's credentials (HTTP {status})"
-        code = "upstream_authentication_failed"
+        kind, code = None, "upstream_authentication_failed"
     headers = {}
     if status in _BACKOFF_STATUSES:
         headers = {k: v for k, v in exc.headers.items() if k.lower() in _PASSED_HEADERS}
