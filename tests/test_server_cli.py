@@ -147,6 +147,29 @@ async def test_serve_with_a_fallback_chain_stops_on_sigterm() -> None:
     assert listed == {"object": "list", "data": []}
 
 
+@pytest.mark.parametrize(
+    ("args", "model", "sent"),
+    [((), "gpt-q", "gpt-q"), (("-m", "openai:house"), None, "house")],
+)
+async def test_without_a_provider_requests_are_routed_per_call(
+    args: tuple[str, ...], model: str | None, sent: str
+) -> None:
+    async with FakeOpenAIServer(api_key=UPSTREAM_KEY) as upstream:
+        env = environment(OPENAI_API_KEY=UPSTREAM_KEY, OPENAI_BASE_URL=upstream.base_url)
+        async with chatkit_serve(*args, env=env) as served:
+            body = (
+                {"messages": MESSAGES} if model is None else {"messages": MESSAGES, "model": model}
+            )
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(served.url + "/v1/chat/completions", json=body) as response,
+            ):
+                answer = await response.json()
+            assert await served.stop() == 0
+    assert answer["provider"] == "OpenAI"
+    assert upstream.requests[0].json["model"] == sent
+
+
 async def test_api_key_option_wins_over_the_environment() -> None:
     async with FakeOpenAIServer(api_key=UPSTREAM_KEY) as upstream:
         env = environment(OPENAI_API_KEY=UPSTREAM_KEY, CHATKIT_SERVER_API_KEY="from-env")
@@ -178,6 +201,18 @@ async def test_bad_configuration_fails_at_start_up(args: tuple[str, ...], fragme
     assert stderr.startswith("chatkit: error: ")
     assert fragment in stderr
     assert "Traceback" not in stderr
+
+
+async def test_debug_shows_tracebacks() -> None:
+    missing = await run_serve("--debug", "-p", "anthropic", env=environment())
+    assert missing.returncode == 1
+    assert "Traceback" in missing.stderr.decode()
+    assert "MissingAuthError" in missing.stderr.decode()
+    async with FakeOpenAIServer() as upstream:
+        args = ("--debug", "--base-url", upstream.base_url, "--port", str(upstream.port))
+        taken = await run_serve(*args, env=environment())
+    assert taken.returncode == 1
+    assert "Traceback" in taken.stderr.decode()
 
 
 async def test_a_port_in_use_is_one_error_line() -> None:
