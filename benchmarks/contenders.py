@@ -75,8 +75,10 @@ class RawAiohttp:
             resp.raise_for_status()
             if not self.parse:
                 events = 0
+                half = False  # the last read ended with the first LF of an event's end
                 async for data in resp.content.iter_any():
-                    events += data.count(b"\n\n")
+                    events += data.count(b"\n\n") + (half and data[:1] == b"\n")
+                    half = data[-1:] == b"\n" and data[-2:] != b"\n\n"
                 return events - 3  # role chunk, finish chunk, [DONE]
             loads = json.loads
             parts: list[str] = []

@@ -196,7 +196,9 @@ def table(
     first = max(map(len, labels + import_labels)) + 2
     width = max(12, *(len(c) + 2 for c in columns))
     lines = [
-        "chatkit benchmarks: medians over {rounds} round(s)".format(**info),
+        "chatkit benchmarks: medians over {rounds} round(s), best of {repeat} run(s) each".format(
+            **info
+        ),
         "{date}  {cpu} ({cores} cores)  Python {python}".format(**info, **info["machine"]),
         "load average before {load_before}, after {load_after}".format(**info),
         "",
