@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "CompletionUsage": "chatkit._types",
     "IterListProvider": "chatkit._retry_provider",
     "Model": "chatkit._types",
+    "OPENAI_PARAMS": "chatkit._request",
     "RetryPolicy": "chatkit._retry",
     "RetryProvider": "chatkit._retry_provider",
     "Timeout": "chatkit._config",
@@ -93,6 +94,7 @@ __all__ = [
     "Model",
     "ModelNotFoundError",
     "NotFoundError",
+    "OPENAI_PARAMS",
     "OverloadedError",
     "PermissionDeniedError",
     "ProviderNotFoundError",
@@ -158,7 +160,7 @@ if TYPE_CHECKING:
         UnprocessableEntityError,
         UnsupportedCapabilityError,
     )
-    from chatkit._request import ChatRequest
+    from chatkit._request import OPENAI_PARAMS, ChatRequest
     from chatkit._retry import Attempt, RetryPolicy
     from chatkit._retry_provider import IterListProvider, RetryProvider
     from chatkit._streaming import AsyncChatStream

@@ -28,39 +28,7 @@ logger = logging.getLogger("chatkit.server")
 # Chat Completions fields that chatkit translates for every provider; any
 # other field is forwarded as it is (``extra_body``), so vendor options such
 # as ``top_k`` pass through the gateway the way the openai SDK sends them.
-KNOWN_PARAMS = frozenset(
-    {
-        "audio",
-        "frequency_penalty",
-        "logit_bias",
-        "logprobs",
-        "max_completion_tokens",
-        "max_tokens",
-        "metadata",
-        "modalities",
-        "n",
-        "parallel_tool_calls",
-        "prediction",
-        "presence_penalty",
-        "prompt_cache_key",
-        "reasoning_effort",
-        "response_format",
-        "safety_identifier",
-        "seed",
-        "service_tier",
-        "stop",
-        "store",
-        "stream_options",
-        "temperature",
-        "tool_choice",
-        "tools",
-        "top_logprobs",
-        "top_p",
-        "user",
-        "verbosity",
-        "web_search_options",
-    }
-)
+KNOWN_PARAMS = frozenset(chatkit.OPENAI_PARAMS)
 
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
