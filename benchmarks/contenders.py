@@ -142,6 +142,14 @@ class ChatkitAsync:
         await self._client.aclose()
 
 
+def _openai_timeout() -> Any:
+    import openai
+
+    # The SDK's default connect timeout is 5 s; a busy machine accepting 100
+    # connections at once can take longer, and a timeout is no throughput figure.
+    return openai.Timeout(600.0, connect=60.0)
+
+
 class OpenAIAsync:
     """The official SDK: ``AsyncOpenAI(base_url=..., max_retries=0)``."""
 
@@ -153,7 +161,9 @@ class OpenAIAsync:
     async def open(self, base_url: str) -> None:
         import openai
 
-        self._client = openai.AsyncOpenAI(base_url=base_url, api_key=API_KEY, max_retries=0)
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=API_KEY, max_retries=0, timeout=_openai_timeout()
+        )
 
     async def stream(self, behavior: str) -> int:
         count = 0
@@ -212,7 +222,9 @@ class OpenAISync:
     def open(self, base_url: str) -> None:
         import openai
 
-        self._client = openai.OpenAI(base_url=base_url, api_key=API_KEY, max_retries=0)
+        self._client = openai.OpenAI(
+            base_url=base_url, api_key=API_KEY, max_retries=0, timeout=_openai_timeout()
+        )
 
     def stream(self, behavior: str) -> int:
         count = 0

@@ -12,8 +12,14 @@ from typing import Any
 from contenders import CEILING, CHATKIT_ASYNC, CHATKIT_SYNC, COLUMNS, OPENAI_ASYNC, RAW
 from measure import Sizes
 
-Results = dict[str, dict[str, list[float]]]
-"""workload key -> contender name -> one value per round."""
+Results = dict[str, dict[str, list[float | None]]]
+"""workload key -> contender name -> one value per round (None: that run failed)."""
+
+
+def median(values: list[float | None]) -> float | None:
+    """The median of the runs that succeeded, or None when none did."""
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
 
 
 @dataclass(frozen=True)
@@ -122,7 +128,7 @@ def _ratios(results: Results, target: Target) -> list[float]:
     """Per-round ratios subject / baseline (rounds pair up by position)."""
     row = results.get(target.workload, {})
     subject, baseline = row.get(target.subject, []), row.get(target.baseline, [])
-    return [s / b for s, b in zip(subject, baseline, strict=False) if b > 0]
+    return [s / b for s, b in zip(subject, baseline, strict=False) if s is not None and b]
 
 
 def evaluate(
@@ -177,7 +183,7 @@ def _rows(
     lines = ["workload".ljust(first) + "".join(c.rjust(width) for c in columns)]
     for label, workload in zip(labels, WORKLOADS, strict=False):
         row = results.get(workload.key, {})
-        cells = [_fmt(statistics.median(row[c]) if row.get(c) else None) for c in columns]
+        cells = [_fmt(median(row.get(c, []))) for c in columns]
         lines.append(label.ljust(first) + "".join(cell.rjust(width) for cell in cells))
     return lines
 

@@ -19,7 +19,6 @@ import dataclasses
 import datetime
 import json
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -32,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from contenders import available, chatkit_sync_available
 from measure import IMPORTS, QUICK, Sizes, fake_server, import_time_ms
-from report import WORKLOADS, Results, evaluate, loadavg, machine, table
+from report import WORKLOADS, Results, evaluate, loadavg, machine, median, table
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
 # A workload that takes longer than this has hung (the slowest full-size one,
@@ -124,9 +123,13 @@ def _rotate(items: Sequence[T], by: int) -> list[T]:
 
 
 def measure_rounds(
-    pool: dict[str, Worker], sizes: Sizes, rounds: int, repeat: int = 1
+    pool: dict[str, Worker], sizes: Sizes, rounds: int, repeat: int, errors: list[str]
 ) -> tuple[Results, Results]:
-    """Rates per wall-clock second and per client CPU second, round by round."""
+    """Rates per wall-clock second and per client CPU second, round by round.
+
+    A run that fails is recorded as None (and its error in `errors`); the
+    other contenders and rounds go on, so one hiccup does not void the run.
+    """
     wall: Results = {w.key: {} for w in WORKLOADS}
     cpu: Results = {w.key: {} for w in WORKLOADS}
     for round_no in range(rounds):
@@ -134,7 +137,15 @@ def measure_rounds(
         for workload in WORKLOADS:
             names = [n for n in workload.contenders if n in pool]
             for name in _rotate(names, round_no):
-                per_wall, per_cpu = pool[name].run(workload.key, sizes, repeat)
+                per_wall: float | None
+                per_cpu: float | None
+                try:
+                    per_wall, per_cpu = pool[name].run(workload.key, sizes, repeat)
+                except WorkerError as exc:
+                    print(exc, file=sys.stderr, flush=True)
+                    first_line = str(exc).splitlines()[0]
+                    errors.append(f"round {round_no + 1}, {workload.key}: {first_line}")
+                    per_wall = per_cpu = None
                 wall[workload.key].setdefault(name, []).append(per_wall)
                 cpu[workload.key].setdefault(name, []).append(per_cpu)
     return wall, cpu
@@ -207,8 +218,9 @@ def run(args: argparse.Namespace) -> tuple[str, dict[str, Any], bool]:
         "sync_available": chatkit_sync_available(),
     }
     imports = {name: import_time_ms(code, sizes.import_runs) for name, code in IMPORTS.items()}
+    errors: list[str] = []
     with fake_server() as base_url, workers(names, base_url) as pool:
-        results, cpu_results = measure_rounds(pool, sizes, rounds, args.repeat)
+        results, cpu_results = measure_rounds(pool, sizes, rounds, args.repeat, errors)
     info["load_after"] = loadavg()
     verdicts = evaluate(results, imports, cpu_results)
     report = {
@@ -220,15 +232,18 @@ def run(args: argparse.Namespace) -> tuple[str, dict[str, Any], bool]:
         "cpu_medians": _medians(cpu_results),
         "import_ms": imports,
         "targets": verdicts,
+        "errors": errors,
     }
     all_met = all(v["met"] for v in verdicts if v["met"] is not None)
-    return table(results, cpu_results, imports, verdicts, sizes, info), report, all_met
+    text = table(results, cpu_results, imports, verdicts, sizes, info)
+    if errors:
+        text += "\n\nfailed runs (left out of the medians):\n" + "\n".join(f"  {e}" for e in errors)
+    return text, report, all_met and not errors
 
 
-def _medians(results: Results) -> dict[str, dict[str, float]]:
+def _medians(results: Results) -> dict[str, dict[str, float | None]]:
     return {
-        key: {name: statistics.median(values) for name, values in row.items()}
-        for key, row in results.items()
+        key: {name: median(values) for name, values in row.items()} for key, row in results.items()
     }
 
 
@@ -238,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if report["errors"]:
+        return 1
     return 1 if args.check and not all_met else 0
 
 
