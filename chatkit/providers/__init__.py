@@ -17,6 +17,7 @@ from chatkit.providers.gemini import Gemini
 from chatkit.providers.local import Local
 from chatkit.providers.ollama import Ollama
 from chatkit.providers.openai import OpenAI
+from chatkit.providers.presets import PRESETS, AzureOpenAI
 
 if TYPE_CHECKING:
     from chatkit._retry_provider import IterListProvider, RetryProvider
@@ -25,18 +26,33 @@ __all__ = [
     "DEFAULT_ORDER",
     "ENTRY_POINT_GROUP",
     "PROVIDERS",
+    "PRESETS",
     "Anthropic",
+    "AzureOpenAI",
+    "Cerebras",
+    "DeepInfra",
+    "DeepSeek",
+    "Fireworks",
     "Gemini",
+    "Groq",
     "IterListProvider",
+    "LMStudio",
+    "LlamaCpp",
     "Local",
+    "Mistral",
     "Ollama",
     "OpenAI",
+    "OpenRouter",
+    "Perplexity",
     "Provider",
     "RetryProvider",
+    "Together",
     "default_provider_class",
     "get_provider_class",
     "is_configured",
     "provider_name",
+    "vLLM",
+    "xAI",
 ]
 
 # The order in which ``Client()`` without a provider looks for one that is set up:
@@ -87,7 +103,24 @@ PROVIDERS: dict[str, type] = {
     "gemini": Gemini,
     "ollama": Ollama,
     "local": Local,
+    "azure": AzureOpenAI,
+    **PRESETS,
 }
+
+# The presets by class name: ``from chatkit.providers import Groq``.
+Groq = PRESETS["groq"]
+OpenRouter = PRESETS["openrouter"]
+DeepSeek = PRESETS["deepseek"]
+Together = PRESETS["together"]
+Mistral = PRESETS["mistral"]
+Fireworks = PRESETS["fireworks"]
+xAI = PRESETS["xai"]
+Cerebras = PRESETS["cerebras"]
+DeepInfra = PRESETS["deepinfra"]
+Perplexity = PRESETS["perplexity"]
+vLLM = PRESETS["vllm"]
+LlamaCpp = PRESETS["llamacpp"]
+LMStudio = PRESETS["lmstudio"]
 
 
 def get_provider_class(name: str) -> type:

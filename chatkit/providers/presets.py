@@ -1,0 +1,178 @@
+"""OpenAI-compatible vendors and local servers: one declaration each.
+
+Every preset is the ``OpenAI`` provider (same wire code, ``openai.py``) with its
+own name, base URL, key variable and default model. Adding one is one line in
+``PRESETS`` below. ``AzureOpenAI`` differs in auth and URL shape, so it is a
+small subclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+from chatkit._config import env_value
+from chatkit._errors import MissingAuthError
+from chatkit._request import ChatRequest
+from chatkit._transport import HTTPClient
+from chatkit._types import ChatCompletion, ChatCompletionChunk
+from chatkit.providers._base import Capabilities
+from chatkit.providers.openai import OpenAI
+
+__all__ = ["PRESETS", "AzureOpenAI", "preset"]
+
+_NO_VISION = Capabilities(vision=False)
+_TEXT_ONLY = Capabilities(tools=False, vision=False, json_schema=False)
+
+
+def preset(
+    name: str,
+    base_url: str,
+    key_env: str | None,
+    default_model: str,
+    *,
+    capabilities: Capabilities | None = None,
+) -> type[OpenAI]:
+    """An ``OpenAI`` subclass for a vendor; ``key_env=None`` for keyless local servers."""
+    prefix = name.upper().replace(".", "").replace(" ", "_")
+    attributes: dict[str, Any] = {
+        "name": name,
+        "default_base_url": base_url,
+        "api_key_env": (key_env,) if key_env else (),
+        "base_url_env": (f"{prefix}_BASE_URL",),
+        "default_model": default_model,
+        "requires_key": key_env is not None,
+        "__doc__": f"{name} through its OpenAI-compatible endpoint ({base_url}).",
+        "__module__": __name__,
+    }
+    if capabilities is not None:
+        attributes["capabilities"] = capabilities
+    return type(name.replace(".", "").replace(" ", ""), (OpenAI,), attributes)
+
+
+# registry name -> provider class
+PRESETS: dict[str, type[OpenAI]] = {
+    "groq": preset(
+        "Groq", "https://api.groq.com/openai/v1", "GROQ_API_KEY", "llama-3.3-70b-versatile"
+    ),
+    "openrouter": preset(
+        "OpenRouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", "openai/gpt-4o-mini"
+    ),
+    "deepseek": preset(
+        "DeepSeek",
+        "https://api.deepseek.com/v1",
+        "DEEPSEEK_API_KEY",
+        "deepseek-chat",
+        capabilities=_NO_VISION,
+    ),
+    "together": preset(
+        "Together",
+        "https://api.together.xyz/v1",
+        "TOGETHER_API_KEY",
+        "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+    ),
+    "mistral": preset(
+        "Mistral", "https://api.mistral.ai/v1", "MISTRAL_API_KEY", "mistral-small-latest"
+    ),
+    "fireworks": preset(
+        "Fireworks",
+        "https://api.fireworks.ai/inference/v1",
+        "FIREWORKS_API_KEY",
+        "accounts/fireworks/models/llama-v3p3-70b-instruct",
+    ),
+    "xai": preset("xAI", "https://api.x.ai/v1", "XAI_API_KEY", "grok-3-mini"),
+    "cerebras": preset(
+        "Cerebras",
+        "https://api.cerebras.ai/v1",
+        "CEREBRAS_API_KEY",
+        "llama-3.3-70b",
+        capabilities=_NO_VISION,
+    ),
+    "deepinfra": preset(
+        "DeepInfra",
+        "https://api.deepinfra.com/v1/openai",
+        "DEEPINFRA_API_KEY",
+        "meta-llama/Llama-3.3-70B-Instruct",
+    ),
+    "perplexity": preset(
+        "Perplexity",
+        "https://api.perplexity.ai",
+        "PERPLEXITY_API_KEY",
+        "sonar",
+        capabilities=_TEXT_ONLY,
+    ),
+    # Local servers: no key, never picked automatically (nothing says they run).
+    "vllm": preset("vLLM", "http://localhost:8000/v1", None, "default"),
+    "llamacpp": preset("LlamaCpp", "http://localhost:8080/v1", None, "default"),
+    "lmstudio": preset("LMStudio", "http://localhost:1234/v1", None, "default"),
+}
+
+
+class AzureOpenAI(OpenAI):
+    """Azure OpenAI: a deployment URL, the ``api-key`` header and ``api-version``.
+
+    ``base_url`` (or ``AZURE_OPENAI_ENDPOINT`` plus ``deployment``) points at
+    ``https://{resource}.openai.azure.com/openai/deployments/{deployment}``;
+    the key comes from ``api_key`` or ``AZURE_OPENAI_API_KEY``.
+    """
+
+    name: ClassVar[str] = "AzureOpenAI"
+    default_base_url: ClassVar[str] = "https://example.openai.azure.com/openai"
+    api_key_env: ClassVar[tuple[str, ...]] = ("AZURE_OPENAI_API_KEY",)
+    base_url_env: ClassVar[tuple[str, ...]] = ()
+    default_api_version: ClassVar[str] = "2024-10-21"
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        deployment: str | None = None,
+        api_version: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if base_url is None:
+            endpoint = env_value("AZURE_OPENAI_ENDPOINT")
+            deployment = deployment or env_value("AZURE_OPENAI_DEPLOYMENT")
+            if endpoint is None or deployment is None:
+                raise MissingAuthError(
+                    "AzureOpenAI needs base_url=... or AZURE_OPENAI_ENDPOINT and"
+                    " AZURE_OPENAI_DEPLOYMENT",
+                    provider=self.name,
+                    env_var="AZURE_OPENAI_ENDPOINT",
+                )
+            base_url = f"{endpoint.rstrip('/')}/openai/deployments/{deployment}"
+        if api_key is None and env_value(*self.api_key_env) is None:
+            raise MissingAuthError(
+                "AzureOpenAI needs an API key: set AZURE_OPENAI_API_KEY or pass api_key=...",
+                provider=self.name,
+                env_var="AZURE_OPENAI_API_KEY",
+            )
+        super().__init__(api_key, base_url, **kwargs)
+        self.api_version = (
+            api_version or env_value("OPENAI_API_VERSION") or self.default_api_version
+        )
+
+    @classmethod
+    def is_configured(cls) -> bool:
+        return all(
+            env_value(v) is not None
+            for v in ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_DEPLOYMENT")
+        )
+
+    def _auth_headers(self, accept: str) -> dict[str, str]:
+        headers = super()._auth_headers(accept)
+        token = headers.pop("Authorization", "")
+        headers["api-key"] = token.removeprefix("Bearer ")
+        return headers
+
+    def _with_version(self, request: ChatRequest) -> ChatRequest:
+        query = {"api-version": self.api_version, **request.extra_query}
+        return dataclasses.replace(request, extra_query=query)
+
+    def stream(self, request: ChatRequest, http: HTTPClient) -> AsyncIterator[ChatCompletionChunk]:
+        return super().stream(self._with_version(request), http)
+
+    async def complete(self, request: ChatRequest, http: HTTPClient) -> ChatCompletion:
+        return await super().complete(self._with_version(request), http)
