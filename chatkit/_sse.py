@@ -19,7 +19,7 @@ with ``bytes.rfind``/``str.split`` and touches Python code only once per line.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from chatkit._errors import SSEDecodeError
 
@@ -121,6 +121,22 @@ class SSEDecoder:
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         """Decode the next read of the stream and return the events it completed."""
+        events: list[SSEEvent] = self._decode(data, False)
+        return events
+
+    def feed_messages(self, data: bytes) -> list[str | SSEEvent]:
+        """Like :meth:`feed`, but an event of type ``message`` comes back as its data alone.
+
+        For consumers that only read ``data`` (an OpenAI chunk stream): a long
+        read then costs one untracked ``str`` per event instead of a tuple the
+        garbage collector has to look at. Events of other types (``event:
+        error``) still come back as :class:`SSEEvent`; ``last_event_id`` and
+        ``retry`` are kept on the decoder as usual.
+        """
+        events: list[str | SSEEvent] = self._decode(data, True)
+        return events
+
+    def _decode(self, data: bytes, plain: bool) -> list[Any]:
         if (
             data[-1:] == b"\n"
             and not self._pending
@@ -141,7 +157,7 @@ class SSEDecoder:
         # LF never occurs inside a UTF-8 sequence, so decoding whole lines at
         # once cannot split a character.
         text = block.decode("utf-8", "replace")
-        events: list[SSEEvent] = []
+        events: list[Any] = []
         if self._data or self._event_type or self._event_retry is not None:
             # An event is half read: finish it line by line, up to its blank line.
             if text[:1] == "\n":
@@ -149,15 +165,15 @@ class SSEDecoder:
             else:
                 blank = text.find("\n\n")
                 if blank < 0:
-                    self._feed_lines(text, events)
+                    self._feed_lines(text, events, plain)
                     return events
                 cut = blank + 2
-            self._feed_lines(text[:cut], events)
+            self._feed_lines(text[:cut], events, plain)
             text = text[cut:]
-        self._feed_events(text, events)
+        self._feed_events(text, events, plain)
         return events
 
-    def _feed_events(self, text: str, events: list[SSEEvent]) -> None:
+    def _feed_events(self, text: str, events: list[Any], plain: bool) -> None:
         """Decode LF-terminated lines that start at an event boundary.
 
         The fast path: an event that is a single ``data: ...`` line costs a
@@ -176,15 +192,17 @@ class SSEDecoder:
                 if value:  # an empty "data: " is no event (see the module docstring)
                     if len(value) > limit:
                         raise self._event_too_long()
-                    events.append(_new_event(SSEEvent, (value, "message", last_id, None)))
+                    events.append(
+                        value if plain else _new_event(SSEEvent, (value, "message", last_id, None))
+                    )
             else:
                 pieces.append(rest)
                 rest = "\n\n".join(pieces[index:])
                 break
         if rest:
-            self._feed_lines(rest, events)
+            self._feed_lines(rest, events, plain)
 
-    def _feed_lines(self, text: str, events: list[SSEEvent]) -> None:
+    def _feed_lines(self, text: str, events: list[Any], plain: bool) -> None:
         """The general parser: LF-terminated lines, field by field."""
         lines = text.split("\n")
         lines.pop()  # always "": the text ends with a line terminator
@@ -203,9 +221,11 @@ class SSEDecoder:
                     # Unlike the WHATWG rule, an event whose data is empty
                     # (a bare "data:") is dropped: no consumer can parse it.
                     if joined:
-                        events.append(
-                            _new_event(SSEEvent, (joined, event_type or "message", last_id, retry))
-                        )
+                        kind = event_type or "message"
+                        if plain and kind == "message":
+                            events.append(joined)
+                        else:
+                            events.append(_new_event(SSEEvent, (joined, kind, last_id, retry)))
                     data_lines = []
                     size = 0
                 event_type = ""
@@ -281,10 +301,19 @@ class SSEDecoder:
         and an event whose data lines arrived is dispatched without its blank
         line. ``last_event_id`` and ``retry`` are kept for a reconnect.
         """
+        events: list[SSEEvent] = self._flush(False)
+        return events
+
+    def flush_messages(self) -> list[str | SSEEvent]:
+        """:meth:`flush` in the form of :meth:`feed_messages`."""
+        events: list[str | SSEEvent] = self._flush(True)
+        return events
+
+    def _flush(self, plain: bool) -> list[Any]:
         # Two LFs: one ends a final unterminated line, the other dispatches.
         # (After a trailing CR the first is swallowed as its CRLF tail.)
         try:
-            return self.feed(b"\n\n")
+            return self._decode(b"\n\n", plain)
         finally:
             self._reset()
 

@@ -93,6 +93,22 @@ def test_fast_path_matches_the_line_by_line_reading(seed: int) -> None:
     assert got == reference_events(text)
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_feed_messages_gives_message_data_as_plain_strings(seed: int) -> None:
+    rng = random.Random(seed)
+    text = "".join(shape(rng, i) for i, shape in enumerate(rng.choices(SHAPES, k=60)))
+    text += "event: error\ndata: boom\n\ndata: multi\ndata: line\n\ndata: unterminated"
+    stream = text.encode()
+    cut = rng.randrange(1, len(stream))
+    full, plain = SSEDecoder(), SSEDecoder()
+    expected = full.feed(stream[:cut]) + full.feed(stream[cut:]) + full.flush()
+    got = plain.feed_messages(stream[:cut]) + plain.feed_messages(stream[cut:])
+    got += plain.flush_messages()
+    assert got == [e.data if e.event == "message" else e for e in expected]
+    assert SSEEvent("boom", "error", expected[-3].id) in got
+    assert plain.last_event_id == full.last_event_id and plain.retry == full.retry
+
+
 def test_fast_path_enforces_the_event_size_cap() -> None:
     decoder = SSEDecoder(max_event_size=10)
     assert decoder.feed(b"data: 0123456789\n\n") == [SSEEvent("0123456789")]

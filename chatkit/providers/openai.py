@@ -133,10 +133,12 @@ class OpenAI:
             proxy_settings=self.proxy_settings,
         ) as response:
             async for data in response.iter_bytes():
-                for event in decoder.feed(data):
+                # Plain message events come as bare strings: a read of a
+                # thousand events allocates nothing the garbage collector tracks.
+                for event in decoder.feed_messages(data):
                     # The per-chunk path, kept inline: parse straight from the
                     # event text, stamp the provider, hand the chunk on.
-                    text = event.data
+                    text = event if isinstance(event, str) else event.data
                     if text == "[DONE]":
                         return
                     try:
@@ -150,7 +152,7 @@ class OpenAI:
                         finished = True
                     chunk.__dict__["provider"] = name  # what set_provider does, minus a call
                     yield chunk
-            for event in decoder.flush():
+            for event in decoder.flush_messages():
                 chunk_or_done = self._parse(event)
                 if chunk_or_done is None:
                     return
@@ -164,14 +166,15 @@ class OpenAI:
                 f"{name}: the stream ended before a finish_reason or [DONE]", provider=name
             )
 
-    def _parse(self, event: SSEEvent) -> ChatCompletionChunk | None:
+    def _parse(self, event: str | SSEEvent) -> ChatCompletionChunk | None:
         """One event as a chunk; None for ``[DONE]``. Raises for error events."""
-        if event.data == "[DONE]":
+        text = event if isinstance(event, str) else event.data
+        if text == "[DONE]":
             return None
         try:
-            chunk = ChatCompletionChunk.model_validate_json(event.data)
+            chunk = ChatCompletionChunk.model_validate_json(text)
         except ValidationError as exc:
-            raise self._decode_error(event.data) from exc
+            raise self._decode_error(text) from exc
         if not chunk.choices:
             self._raise_error_event(chunk, event)
         return chunk
@@ -182,12 +185,15 @@ class OpenAI:
             provider=self.name,
         )
 
-    def _raise_error_event(self, chunk: ChatCompletionChunk, event: SSEEvent) -> None:
-        """A chunk without choices may be an error in disguise: raise it as one."""
+    def _raise_error_event(self, chunk: ChatCompletionChunk, event: str | SSEEvent) -> None:
+        """A chunk without choices may be an error in disguise: raise it as one.
+
+        ``event`` is a bare string for plain ``message`` events.
+        """
         extra = chunk.__pydantic_extra__
         if extra and "error" in extra:
             raise error_from_event(extra["error"], provider=self.name)
-        if event.event == "error":
+        if not isinstance(event, str) and event.event == "error":
             raise error_from_event(extra or event.data, provider=self.name)
 
     async def complete(self, request: ChatRequest, http: HTTPClient) -> ChatCompletion:
