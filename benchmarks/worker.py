@@ -49,7 +49,7 @@ def _serve_async(name: str, base_url: str, out: TextIO) -> None:
                 workload = ASYNC_WORKLOADS[command["workload"]]
                 sizes = Sizes(**command["sizes"])
                 measure = functools.partial(_run_async, runner, workload, contender, sizes)
-                _answer(out, measure, command.get("repeat", 1))
+                _answer(out, measure)
         finally:
             runner.run(contender.close())
 
@@ -63,7 +63,7 @@ def _serve_sync(name: str, base_url: str, out: TextIO) -> None:
         for command in _commands():
             workload = SYNC_WORKLOADS[command["workload"]]
             measure = functools.partial(workload, contender, Sizes(**command["sizes"]))
-            _answer(out, measure, command.get("repeat", 1))
+            _answer(out, measure)
     finally:
         contender.close()
 
@@ -81,18 +81,13 @@ def _run_async(runner: asyncio.Runner, workload: Any, contender: Any, sizes: Siz
     return rates
 
 
-def _answer(out: TextIO, measure: Callable[[], Rates], repeat: int) -> None:
-    """Run the workload `repeat` times back to back and report the best rates.
-
-    Other load on the machine only ever slows a run down, so the best of a
-    few short runs is the least disturbed estimate of the same quantity.
-    """
+def _answer(out: TextIO, measure: Callable[[], Rates]) -> None:
     try:
-        runs = [measure() for _ in range(repeat)]
+        rates = measure()
     except Exception as exc:
         _send(out, {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
     else:
-        _send(out, {"value": max(r.wall for r in runs), "cpu": max(r.cpu for r in runs)})
+        _send(out, {"value": rates.wall, "cpu": rates.cpu})
 
 
 def main() -> int:
