@@ -103,11 +103,11 @@ def machine() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
-    for name in ("chatkit", "aiohttp", "pydantic", "pydantic-core", "openai", "httpx"):
+    for name in ("chatkit", "aiohttp", "pydantic", "pydantic-core", "openai", "httpx", "httpx2"):
         try:
             versions[name] = version(name)
         except PackageNotFoundError:
-            versions[name] = "-"
+            continue
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
