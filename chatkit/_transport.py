@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -111,7 +111,7 @@ class HTTPResponse:
         self.status: int = raw.status
         self.headers: Mapping[str, str] = raw.headers
 
-    async def iter_bytes(self) -> AsyncIterator[bytes]:
+    async def iter_bytes(self) -> AsyncGenerator[bytes, None]:
         """Body bytes as they arrive (``iter_any``: never ``readline``, no line cap)."""
         reader = self._raw.content
         while True:

@@ -7,6 +7,7 @@ through ``OpenAI``. Chunks are validated straight from the SSE bytes.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
@@ -123,16 +124,21 @@ class OpenAI:
         validate = ChatCompletionChunk.__pydantic_validator__.validate_json
         decoder = SSEDecoder()
         finished = False
-        async with http.open(
-            "POST",
-            f"{self.base_url}/chat/completions",
-            provider=name,
-            headers=self._request_headers(request),
-            json_body=self._body(request, True),
-            params=request.extra_query or None,
-            proxy_settings=self.proxy_settings,
-        ) as response:
-            async for data in response.iter_bytes():
+        async with (
+            http.open(
+                "POST",
+                f"{self.base_url}/chat/completions",
+                provider=name,
+                headers=self._request_headers(request),
+                json_body=self._body(request, True),
+                params=request.extra_query or None,
+                proxy_settings=self.proxy_settings,
+            ) as response,
+            contextlib.aclosing(response.iter_bytes()) as reads,
+        ):
+            # aclosing: returning at [DONE] must close the reader now, not
+            # leave it to the loop's async-generator finalizer as a stray task.
+            async for data in reads:
                 # Plain message events come as bare strings: a read of a
                 # thousand events allocates nothing the garbage collector tracks.
                 for event in decoder.feed_messages(data):
