@@ -123,7 +123,7 @@ class ChatkitAsync:
     async def open(self, base_url: str) -> None:
         import chatkit
 
-        self._client = chatkit.AsyncClient(base_url=base_url, api_key=API_KEY, trust_env=False)
+        self._client = chatkit.AsyncClient(base_url=base_url, api_key=API_KEY)
 
     async def stream(self, behavior: str) -> int:
         count = 0
@@ -195,7 +195,7 @@ class ChatkitSync:
     def open(self, base_url: str) -> None:
         import chatkit
 
-        self._client = chatkit.Client(base_url=base_url, api_key=API_KEY, trust_env=False)
+        self._client = chatkit.Client(base_url=base_url, api_key=API_KEY)
 
     def stream(self, behavior: str) -> int:
         count = 0
