@@ -877,3 +877,39 @@ def test_seed_example_runs_through_an_authenticated_socks5_proxy() -> None:
     for line in logged:
         assert line.startswith("proxy log: socks5 127.0.0.1:")
         assert line.endswith(f"-> 127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"HTTPS_PROXY": "http://upper:1", "https_proxy": ""},
+        {"HTTP_PROXY": "http://upper:1", "ALL_PROXY": "socks5://all:2"},
+        {"http_proxy": "", "all_proxy": "http://all:3"},
+        {"HTTP_PROXY": "http://upper:1", "REQUEST_METHOD": "GET"},
+        {"HTTPS_PROXY": "http://upper:1", "REQUEST_METHOD": "GET"},
+        {"all_proxy": "http://a:1", "NO_PROXY": "api.example"},
+        {"ALL_PROXY": "http://a:1", "no_proxy": "", "NO_PROXY": "*"},
+        {"ALL_PROXY": "http://a:1", "NO_PROXY": "other.example"},
+    ],
+)
+@pytest.mark.parametrize("target", ["http://api.example/v1", "https://api.example/v1"])
+def test_env_proxies_follow_urllib(
+    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], target: str
+) -> None:
+    """The fast environment lookup gives the proxy urllib's own rules pick."""
+    import urllib.request
+
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy") or name == "REQUEST_METHOD":
+            monkeypatch.delenv(name)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    scheme, host = target.split("://")[0], "api.example"
+    urllib_pick = urllib.request.getproxies_environment()
+    expected = (
+        None
+        if urllib.request.proxy_bypass_environment(host, urllib_pick)
+        else urllib_pick.get(scheme) or urllib_pick.get("all")
+    )
+    chosen = ProxySettings().for_url(target)
+    assert (chosen.without_credentials if chosen else None) == expected
