@@ -30,6 +30,8 @@ class _ToolCallParts:
     type: str = "function"
     name: str = ""
     arguments: list[str] = field(default_factory=list)
+    # Vendor fields beside the standard ones (Gemini's thought signature).
+    extra: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,6 +114,9 @@ class CompletionBuilder:
                 slot.name += function.name
             if function.arguments:
                 slot.arguments.append(function.arguments)
+        extra = getattr(call, "model_extra", None)
+        if extra:
+            slot.extra.update(extra)
 
     @property
     def text(self) -> str:
@@ -132,6 +137,7 @@ class CompletionBuilder:
                     id=call.id,
                     type=call.type,
                     function=Function(name=call.name, arguments="".join(call.arguments)),
+                    **call.extra,
                 )
                 for _, call in sorted(parts.tool_calls.items())
             ]

@@ -577,6 +577,11 @@ async def test_tool_calls_in_answers(server: FakeGeminiServer) -> None:
     final = result.get_final_completion()
     assert final.choices[0].finish_reason == "tool_calls"
     assert final.choices[0].message.content is None
+    # The assembled completion keeps the signature, so a streamed tool loop
+    # can send it back like a non-streamed one.
+    final_calls = final.choices[0].message.tool_calls
+    assert final_calls is not None and final_calls[0].model_extra == signature
+    assert final_calls[1].model_extra == {}
 
     async with client_for(server) as client:
         reply = await client.chat.completions.create(
