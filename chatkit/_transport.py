@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -43,9 +42,13 @@ _MAX_SOCKS_SESSIONS = 16
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key"})
 
 
+# One encoder for every request: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(body: Any) -> bytes:
     """Compact JSON bytes for a request body."""
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(body).encode()
 
 
 def _scrub(text: str, secrets: tuple[str, ...]) -> str:
@@ -321,8 +324,9 @@ class HTTPClient:
         self._proxy = proxy
         self._call_proxy = call_proxy
         self._current_proxy: ProxyURL | None = None
-        self._open: weakref.WeakSet[HTTPResponse] = weakref.WeakSet()
-        self._secrets: tuple[str, ...] = _header_secrets(headers)
+        self._open: set[HTTPResponse] = set()
+        # Secrets are only looked for when an error is translated, which is rare.
+        self._sent_headers: Mapping[str, str] = headers
         self.timeout = timeout
         self.headers = headers
         # Absolute loop.time() at which the whole call (all attempts) must end.
@@ -382,7 +386,7 @@ class HTTPClient:
         send_headers.update(headers or {})
         http_proxy = proxy.url if proxy is not None and not proxy.is_socks else None
         self._current_proxy = proxy
-        self._secrets = _header_secrets(send_headers) + (proxy.secrets() if proxy else ())
+        self._sent_headers = send_headers
         failure = None
         try:
             raw = await session.request(
@@ -448,7 +452,9 @@ class HTTPClient:
             return exc
         if proxy is None:
             proxy = self._current_proxy
-        secrets = self._secrets + self._proxy.secrets() + (proxy.secrets() if proxy else ())
+        secrets = _header_secrets(self._sent_headers) + self._proxy.secrets()
+        if proxy is not None:
+            secrets += proxy.secrets()
         if self._call_proxy is not None:
             secrets += self._call_proxy.secrets()
         error = _classify(exc, provider, proxy, reading, secrets)
