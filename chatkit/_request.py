@@ -135,6 +135,28 @@ def _check_tool_calls(calls: Any, where: str) -> None:
             raise _fail("a tool call needs a string 'id'", f"{here}.id")
 
 
+_IMMUTABLE = (str, int, float, bool, type(None))
+
+
+def copy_json(value: Any) -> Any:
+    """A deep copy of JSON-shaped data, several times faster than ``copy.deepcopy``.
+
+    Plain dicts, lists and tuples are rebuilt and immutable scalars shared;
+    anything else (a dict subclass, a caller's own object) goes through
+    ``copy.deepcopy`` so its type and contents are kept as they were.
+    """
+    kind = type(value)
+    if kind is dict:
+        return {key: copy_json(item) for key, item in value.items()}
+    if kind is list:
+        return [copy_json(item) for item in value]
+    if kind is tuple:
+        return tuple(copy_json(item) for item in value)
+    if kind in _IMMUTABLE:
+        return value
+    return copy.deepcopy(value)
+
+
 def validate_messages(messages: object) -> list[dict[str, Any]]:
     """Check a messages list and return a deep copy the caller cannot see change."""
     if isinstance(messages, str | bytes) or not isinstance(messages, list | tuple):
@@ -158,7 +180,7 @@ def validate_messages(messages: object) -> list[dict[str, Any]]:
         name = message.get("name")
         if name is not None and not isinstance(name, str):
             raise _fail("name must be a string", f"{where}.name")
-    return [dict(copy.deepcopy(dict(m))) for m in messages]
+    return [copy_json(dict(m)) for m in messages]
 
 
 def _check_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -173,7 +195,7 @@ def _check_params(params: Mapping[str, Any]) -> dict[str, Any]:
         if wrong_bool or not isinstance(value, expected):
             names = " or ".join(t.__name__ for t in expected)
             raise _fail(f"must be {names}, got {type(value).__name__}", name)
-        checked[name] = copy.deepcopy(value)
+        checked[name] = copy_json(value)
     return checked
 
 
@@ -214,6 +236,6 @@ def build_request(
         params=_check_params(params),
         extra_headers=_check_str_map(extra_headers, "extra_headers"),
         extra_query=_check_str_map(extra_query, "extra_query"),
-        extra_body=copy.deepcopy(dict(extra_body or {})),
+        extra_body=copy_json(dict(extra_body or {})),
         timeout=coerce_timeout(timeout),
     )

@@ -227,3 +227,18 @@ def test_redact_url_hides_credentials(url: str, shown: str) -> None:
 
     assert redact_url(url) == shown
     assert "s3cret" not in redact_url(url)
+
+
+def test_copy_json_copies_every_level_and_keeps_foreign_types() -> None:
+    from collections import OrderedDict
+
+    from chatkit._request import copy_json
+
+    original = {"a": [1, {"b": (2, [3])}], "c": OrderedDict(x=[1]), "d": None}
+    copied = copy_json(original)
+    assert copied == original
+    assert copied["a"] is not original["a"] and copied["a"][1] is not original["a"][1]
+    assert copied["a"][1]["b"][1] is not original["a"][1]["b"][1]
+    assert type(copied["c"]) is OrderedDict and copied["c"]["x"] is not original["c"]["x"]
+    copied["a"][1]["b"][1].append(4)
+    assert original["a"][1]["b"][1] == [3]
