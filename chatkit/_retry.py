@@ -255,7 +255,7 @@ class RetryingCall:
 
     def _record(self, attempt: Attempt) -> None:
         self.attempts.append(attempt)
-        logger.debug("%s: %s", self.label, attempt.describe())
+        logger.debug("%s: %s", self.label, attempt)  # formatted only when logged
         call: RetryingCall | None = self
         while call is not None:
             if call.on_attempt is not None:
