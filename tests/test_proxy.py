@@ -709,18 +709,19 @@ import chatkit
 from chatkit.providers import OpenAI
 
 base_url, proxy, key = sys.argv[1:4]
+scheme = sys.argv[4] if len(sys.argv) > 4 else "https"
 provider = OpenAI(base_url=base_url, api_key=key)
 messages = [{"role": "user", "content": "Hello"}]
 
 async def run_async():
-    async with chatkit.AsyncClient(provider=provider, proxies={"https": proxy}) as client:
+    async with chatkit.AsyncClient(provider=provider, proxies={scheme: proxy}) as client:
         reply = await client.chat.completions.create(messages=messages)
         parts = [c.choices[0].delta.content or "" async for c in
                  client.chat.completions.create(messages=messages, stream=True) if c.choices]
         return [reply.choices[0].message.content, "".join(parts)]
 
 texts = asyncio.run(run_async())
-with chatkit.Client(provider=provider, proxies={"https": proxy}) as client:
+with chatkit.Client(provider=provider, proxies={scheme: proxy}) as client:
     texts.append(client.chat.completions.create(messages=messages).choices[0].message.content)
     texts.append("".join(c.choices[0].delta.content or "" for c in
                  client.chat.completions.create(messages=messages, stream=True) if c.choices))
@@ -759,6 +760,76 @@ def test_https_target_is_tunnelled_with_connect(
         assert route.added() == 2
         assert front.accepted == 2
         assert len(server.requests) == 4
+
+
+def run_connect_script(
+    base_url: str, proxy: str, ca_files: list[Path], scheme: str = "https"
+) -> subprocess.CompletedProcess[str]:
+    """CONNECT_SCRIPT in a fresh interpreter that trusts ``ca_files`` (and only them)."""
+    bundle = ca_files[0].parent / "bundle.pem"
+    bundle.write_text("".join(path.read_text() for path in ca_files))
+    return subprocess.run(
+        [sys.executable, "-c", CONNECT_SCRIPT, base_url, proxy, API_KEY, scheme],
+        env={**os.environ, "SSL_CERT_FILE": str(bundle)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def https_proxy(tmp_path: Path) -> Iterator[tuple[ProxyServer, Path]]:
+    """An authenticated proxy that clients reach over TLS (an https:// proxy URL)."""
+    trustme = pytest.importorskip("trustme")
+    authority = trustme.CA()
+    ca_file, cert_file = tmp_path / "proxy-ca.pem", tmp_path / "proxy-cert.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    authority.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    with start_pproxy(
+        "http", username="alice", password=PASSWORD, tls_cert=str(cert_file)
+    ) as proxy:
+        yield proxy, ca_file
+
+
+def test_https_proxy_carries_plain_and_tls_targets(
+    tmp_path: Path, https_proxy: tuple[ProxyServer, Path], server: FakeOpenAIServer
+) -> None:
+    proxy, proxy_ca = https_proxy
+    assert proxy.url.startswith("https://alice:")
+    # A plain-http target: the request goes to the proxy inside TLS.
+    plain = Route(proxy, server.port)
+    done = run_connect_script(server.base_url, proxy.url, [proxy_ca], scheme="http")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == [ANSWER] * 4
+    assert plain.went_through(1)
+    # An https target: a TLS tunnel inside the TLS connection to the proxy.
+    with TLSFront(server.port, tmp_path) as front:
+        tunnelled = Route(proxy, front.port)
+        done = run_connect_script(
+            f"https://127.0.0.1:{front.port}/v1", proxy.url, [proxy_ca, front.ca_file]
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads(done.stdout) == [ANSWER] * 4
+        assert tunnelled.went_through(2)
+        assert front.accepted == 2
+    assert len(server.requests) == 8
+    assert_secret_free(done.stderr)
+
+
+def test_https_proxy_with_wrong_password_is_a_proxy_error(
+    https_proxy: tuple[ProxyServer, Path], server: FakeOpenAIServer
+) -> None:
+    proxy, proxy_ca = https_proxy
+    done = run_connect_script(
+        server.base_url, proxy.proxy_url(password=WRONG), [proxy_ca], scheme="http"
+    )
+    assert done.returncode != 0
+    assert "chatkit._errors.ProxyError: " in done.stderr, done.stderr[-2000:]
+    assert proxy.wait_for_rejections(1)
+    assert_secret_free(done.stderr)
+    assert WRONG not in done.stderr
+    assert server.requests == []
 
 
 def test_connect_with_wrong_credentials_is_a_proxy_error(

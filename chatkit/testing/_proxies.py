@@ -1,7 +1,8 @@
 """Real proxy servers for tests: pproxy in a subprocess on 127.0.0.1.
 
 `ProxyServer` runs ``python -m pproxy`` with one listener (HTTP with CONNECT,
-SOCKS4 or SOCKS5), optionally with a user name and password, and reads the
+SOCKS4 or SOCKS5; the HTTP one optionally over TLS, an ``https://`` proxy),
+optionally with a user name and password, and reads the
 proxy's verbose log so a test can prove where a connection really went::
 
     with start_pproxy("socks5", username="alice", password="s3cret") as proxy:
@@ -68,6 +69,7 @@ class ProxyServer:
         *,
         username: str | None = None,
         password: str | None = None,
+        tls_cert: str | None = None,
         startup_timeout: float = 30.0,
     ) -> None:
         if protocol not in _PROTOCOLS:
@@ -76,12 +78,16 @@ class ProxyServer:
             raise ValueError("SOCKS4 has no password: pass only username (the user id)")
         if protocol != "socks4" and (username is None) != (password is None):
             raise ValueError(f"{protocol} needs both username and password, or neither")
+        if tls_cert is not None and protocol != "http":
+            raise ValueError("tls_cert makes an https:// proxy: use it with protocol 'http'")
         for value in (username, password):
             if value is not None and (not value or "\n" in value or "\r" in value):
                 raise ValueError("username and password must be non-empty single-line strings")
         self.protocol: ProxyProtocol = protocol
         self.username = username
         self.password = password
+        self.tls_cert = tls_cert
+        """A PEM file (key and certificate chain): the proxy then speaks TLS (https://)."""
         self.host = "127.0.0.1"
         self.port = 0
         self.connections: list[ProxyConnection] = []
@@ -119,7 +125,12 @@ class ProxyServer:
             if secret is not None:
                 userinfo += ":" + quote(secret, safe="")
             userinfo += "@"
-        return f"{scheme or self.protocol}://{userinfo}{self.host}:{self.port}"
+        return f"{scheme or self.scheme}://{userinfo}{self.host}:{self.port}"
+
+    @property
+    def scheme(self) -> str:
+        """The scheme of this proxy's URL: the protocol, or "https" for a TLS listener."""
+        return "https" if self.tls_cert is not None else self.protocol
 
     @property
     def url(self) -> str:
@@ -130,12 +141,12 @@ class ProxyServer:
     def address(self) -> str:
         """``scheme://127.0.0.1:PORT``, without credentials."""
         self._check_started()
-        return f"{self.protocol}://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def __repr__(self) -> str:
         state = f"{self.host}:{self.port}" if self._started else "not started"
         auth = ", with auth" if self.username is not None else ""
-        return f"ProxyServer({self.protocol}, {state}{auth})"
+        return f"ProxyServer({self.scheme}, {state}{auth})"
 
     # -- what the proxy saw --------------------------------------------------
 
@@ -176,6 +187,8 @@ class ProxyServer:
         command = [sys.executable, "-u", "-m", "pproxy", "-l", self._listen_uri(), "-v"]
         # Without --auth 0 pproxy lets an IP in for 30 days after one good login.
         command += ["--auth", "0"]
+        if self.tls_cert is not None:
+            command += ["--ssl", self.tls_cert]
         self._process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -236,16 +249,17 @@ class ProxyServer:
             raise RuntimeError("ProxyServer is not started")
 
     def _listen_uri(self) -> str:
+        listener = f"{self.protocol}+ssl" if self.tls_cert is not None else self.protocol
         users = self._users()
         if users is None:
-            return f"{self.protocol}://{self.host}:0"
+            return f"{listener}://{self.host}:0"
         # The credentials go through a private file ("#" + "#path"), not argv,
         # so other users of the machine cannot read them with ps.
         fd, path = tempfile.mkstemp(prefix="chatkit-pproxy-", suffix=".auth")
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(users + "\n")
         self._auth_file = path
-        return f"{self.protocol}://{self.host}:0##{path}"
+        return f"{listener}://{self.host}:0##{path}"
 
     def _users(self) -> str | None:
         if self.username is None:
@@ -292,9 +306,10 @@ def start_pproxy(
     *,
     username: str | None = None,
     password: str | None = None,
+    tls_cert: str | None = None,
 ) -> Iterator[ProxyServer]:
     """A running `ProxyServer` for the ``with`` block; stopped on exit."""
-    server = ProxyServer(protocol, username=username, password=password)
+    server = ProxyServer(protocol, username=username, password=password, tls_cert=tls_cert)
     server.start()
     try:
         yield server
