@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit, urlunsplit
 
@@ -12,11 +13,15 @@ from chatkit._errors import InvalidRequestError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "RedactedCause",
     "Timeout",
     "check_base_url",
     "coerce_timeout",
     "env_value",
+    "header_secrets",
     "redact_url",
+    "safe_cause",
+    "scrub",
 ]
 
 
@@ -109,3 +114,55 @@ def redact_url(url: str) -> str:
     if port is not None:
         host = f"{host}:{port}"
     return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+# Headers whose values are credentials, wherever a provider puts its key.
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key"})
+
+
+def scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with every secret replaced by ``***``."""
+    for secret in secrets:  # never empty: see ProxyURL.secrets and header_secrets
+        text = text.replace(secret, "***")
+    return text
+
+
+class RedactedCause(Exception):
+    """Stands in for a foreign exception whose text held a secret.
+
+    aiohttp's proxy errors carry the proxy URL with its password and the
+    ``Proxy-Authorization`` header in their ``repr``; chatkit chains this
+    instead, with the original type name and the text scrubbed.
+    """
+
+
+def _chain_text(exc: BaseException) -> str:
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 16:
+        seen.add(id(current))
+        parts.append(f"{current!s}\n{current!r}")
+        current = current.__cause__ or current.__context__
+    return "\n".join(parts)
+
+
+def safe_cause(exc: BaseException, secrets: tuple[str, ...]) -> BaseException:
+    """``exc`` itself, or a scrubbed stand-in when its chain mentions a secret."""
+    text = _chain_text(exc)
+    if not any(secret in text for secret in secrets if secret):
+        return exc
+    stand_in = RedactedCause(scrub(f"{type(exc).__name__}: {exc}", secrets))
+    return stand_in.with_traceback(exc.__traceback__)
+
+
+def header_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The credentials in request headers (whole values, and bearer tokens alone)."""
+    found: list[str] = []
+    for name, value in headers.items():
+        if name.lower() in _SECRET_HEADERS and value:
+            found.append(value)
+            token = value.rpartition(" ")[2]
+            if len(token) >= 8:
+                found.append(token)
+    return tuple(found)

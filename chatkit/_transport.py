@@ -6,7 +6,9 @@ the loop that uses them. Providers see a per-call ``HTTPClient``, which tracks
 the responses it opened so a stream dropped by the caller can be aborted
 synchronously (``abort()``), from ``__del__`` if need be.
 
-Foreign exceptions are translated here, once, into chatkit's error tree.
+Foreign exceptions are translated here, once, into chatkit's error tree; a
+foreign exception whose text holds a key or proxy password is chained as a
+scrubbed stand-in (the redaction helpers live in ``_config``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from chatkit._config import DEFAULT_TIMEOUT, Timeout
+from chatkit._config import (
+    DEFAULT_TIMEOUT,
+    RedactedCause,
+    Timeout,
+    header_secrets,
+    safe_cause,
+    scrub,
+)
 from chatkit._errors import (
     APIConnectionError,
     APIError,
@@ -39,7 +48,6 @@ _USER_AGENT = "chatkit/0.1"
 # Sessions kept per loop for distinct SOCKS proxies: callers that rotate
 # proxies per call must not grow one connection pool per proxy forever.
 _MAX_SOCKS_SESSIONS = 16
-_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key"})
 
 
 # One encoder for every request: json.dumps with options builds a new one per call.
@@ -49,52 +57,6 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 def dumps(body: Any) -> bytes:
     """Compact JSON bytes for a request body."""
     return _ENCODER.encode(body).encode()
-
-
-def _scrub(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:  # never empty: see ProxyURL.secrets and _header_secrets
-        text = text.replace(secret, "***")
-    return text
-
-
-class RedactedCause(Exception):
-    """Stands in for a foreign exception whose text held a secret.
-
-    aiohttp's proxy errors carry the proxy URL with its password and the
-    ``Proxy-Authorization`` header in their ``repr``; chatkit chains this
-    instead, with the original type name and the text scrubbed.
-    """
-
-
-def _chain_text(exc: BaseException) -> str:
-    parts: list[str] = []
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen and len(seen) < 16:
-        seen.add(id(current))
-        parts.append(f"{current!s}\n{current!r}")
-        current = current.__cause__ or current.__context__
-    return "\n".join(parts)
-
-
-def _safe_cause(exc: BaseException, secrets: tuple[str, ...]) -> BaseException:
-    """``exc`` itself, or a scrubbed stand-in when its chain mentions a secret."""
-    text = _chain_text(exc)
-    if not any(secret in text for secret in secrets if secret):
-        return exc
-    stand_in = RedactedCause(_scrub(f"{type(exc).__name__}: {exc}", secrets))
-    return stand_in.with_traceback(exc.__traceback__)
-
-
-def _header_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
-    found: list[str] = []
-    for name, value in headers.items():
-        if name.lower() in _SECRET_HEADERS and value:
-            found.append(value)
-            token = value.rpartition(" ")[2]
-            if len(token) >= 8:
-                found.append(token)
-    return tuple(found)
 
 
 class HTTPResponse:
@@ -452,7 +414,7 @@ class HTTPClient:
             return exc
         if proxy is None:
             proxy = self._current_proxy
-        secrets = _header_secrets(self._sent_headers) + self._proxy.secrets()
+        secrets = header_secrets(self._sent_headers) + self._proxy.secrets()
         if proxy is not None:
             secrets += proxy.secrets()
         if self._call_proxy is not None:
@@ -460,7 +422,7 @@ class HTTPClient:
         error = _classify(exc, provider, proxy, reading, secrets)
         if error is exc:
             return exc
-        error.__cause__ = _safe_cause(exc, secrets)
+        error.__cause__ = safe_cause(exc, secrets)
         error.__suppress_context__ = True
         return error
 
@@ -495,7 +457,7 @@ def _classify(
 ) -> BaseException:
     import aiohttp
 
-    detail = _scrub(f"{type(exc).__name__}: {exc}".rstrip(": "), secrets)
+    detail = scrub(f"{type(exc).__name__}: {exc}".rstrip(": "), secrets)
     shown = proxy.without_credentials if proxy is not None else None
     proxy_failure = _proxy_failure(exc, proxy, reading)
     if isinstance(exc, TimeoutError) or proxy_failure == "timeout":
