@@ -31,18 +31,19 @@ as they are. ``Behavior.error_event_type``'s default, OpenAI's
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import itertools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from ._behavior import Behavior
-from ._openai_server import FakeOpenAIServer, _Exchange, _extra_headers
-from ._stream import _Batcher, _fault_points, _stall, _write_items
+from ._openai_server import FakeOpenAIServer
+from ._stream import StreamPlan
 from ._wire import answer_pieces, prompt_tokens, tool_call_deltas
 
 __all__ = ["FakeAnthropicServer"]
@@ -178,6 +179,8 @@ class _Answer:
 
     def __init__(self, behavior: Behavior, body: dict[str, Any], request_id: str) -> None:
         self.behavior = behavior
+        self.stream = body.get("stream") is True
+        self.request_id = request_id
         self.id = "msg_fake" + request_id.removeprefix("req_")
         self.model = body["model"]
         self.prompt = _prompt_tokens(body)
@@ -289,34 +292,23 @@ class _Answer:
         error = _error_body(_event_error_type(self.behavior), "fake error event")
         return _event("error", {"error": error["error"]})
 
+    def plan(self) -> StreamPlan:
+        """The events; fault positions count content deltas."""
+        return StreamPlan(
+            opening=self.opening(),
+            items=self.items,
+            closing=self.closing(),
+            malformed=_MALFORMED,
+            error_event=self.error_event(),
+        )
 
-async def _write_stream(
-    response: web.StreamResponse, answer: _Answer, close_connection: Callable[[], None]
-) -> None:
-    """Write ``answer``'s events with its behavior's faults (positions count deltas)."""
-    behavior = answer.behavior
-    out = _Batcher(response)
-    out.add(answer.opening())
-    items = answer.items
-    points = _fault_points(behavior, len(items))
-    start = 0
-    for cut in sorted(set(points.values()) | {len(items)}):
-        await _write_items(out, items[start:cut], behavior.delay)
-        start = cut
-        if points.get("stall") == cut:
-            await _stall(out, behavior.stall_seconds, behavior.trickle)
-        if points.get("malformed") == cut:
-            out.add(_MALFORMED)
-        if points.get("error") == cut:
-            out.add(answer.error_event())
-            await out.flush()
-            return
-        if points.get("drop") == cut:
-            await out.flush()
-            close_connection()
-            return
-    out.add(answer.closing())
-    await out.flush()
+    def payload(self) -> bytes:
+        return json.dumps(self.message(), ensure_ascii=False).encode()
+
+    def error_response(self, headers: dict[str, str]) -> web.Response:
+        kind = _event_error_type(self.behavior)
+        body = _error_body(kind, "fake error", self.request_id)
+        return web.json_response(body, status=_EVENT_STATUS.get(kind, 500), headers=headers)
 
 
 class FakeAnthropicServer(FakeOpenAIServer):
@@ -328,49 +320,23 @@ class FakeAnthropicServer(FakeOpenAIServer):
     clients take it. With ``api_key`` set, requests need that ``x-api-key``.
     """
 
-    def __init__(
-        self,
-        behavior: Behavior | None = None,
-        *,
-        api_key: str | None = None,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        models: list[str] | None = None,
-    ) -> None:
-        models = list(models) if models is not None else ["claude-fake"]
-        super().__init__(behavior, api_key=api_key, host=host, port=port, models=models)
-        self._request_ids = itertools.count(1)
+    _default_models = ("claude-fake",)
+
+    # Per server and made on first use, so the constructor stays the base class's.
+    @functools.cached_property
+    def _request_ids(self) -> Iterator[int]:
+        return itertools.count(1)
 
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT``: clients append ``/v1/messages`` themselves."""
         return self.url
 
-    async def __aenter__(self) -> FakeAnthropicServer:
-        await self.start()
-        return self
+    def _routes(self) -> list[web.RouteDef]:
+        return [web.post("/v1/messages", self._messages), web.get("/v1/models", self._list_models)]
 
-    async def start(self) -> None:
-        """Listen on the configured host and port (0: an ephemeral port)."""
-        if self._runner is not None:
-            raise RuntimeError("FakeAnthropicServer is already started")
-        app = web.Application(middlewares=[self._record, self._identify])
-        app.on_response_prepare.append(self._stamp)
-        app.router.add_post("/v1/messages", self._messages)
-        app.router.add_get("/v1/models", self._list_models)
-        app.router.add_get("/health", self._health)
-        runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
-        )
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self._host, self.port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self.port = runner.addresses[0][1]
-        self._closing = False
-        self._runner = runner
+    def _middlewares(self) -> list[Middleware]:
+        return [*super()._middlewares(), self._identify]
 
     @web.middleware
     async def _identify(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
@@ -419,80 +385,23 @@ class FakeAnthropicServer(FakeOpenAIServer):
             return denied
         if "anthropic-version" not in request.headers:
             return _error(400, "anthropic-version: header is required")
-        try:
-            body = json.loads(await request.read())
-        except ValueError:
-            return _error(400, "There was an issue with your request body: invalid JSON")
-        problem = invalid_request(body)
-        if problem is not None:
-            return _error(400, problem)
-        # Behavior selection, overrides and disconnect tracking are shared with
-        # the OpenAI server, which calls back into `_answer` below.
-        return await self._chat_completions(request)
-
-    async def _answer(
-        self, request: web.Request, body: dict[str, Any], behavior: Behavior, exchange: _Exchange
-    ) -> web.StreamResponse:
-        def close_connection() -> None:
-            exchange.closed_by_server = True
-            if request.transport is not None:
-                request.transport.close()
-
-        if behavior.reset:
-            close_connection()
-            return web.Response()
-        headers = _extra_headers(behavior)
-        request_id = _request_id.get()
-        if behavior.status is not None:
-            kind = behavior.error_type or error_type_for(behavior.status)
-            message = f"Fake error: HTTP {behavior.status}."
-            return web.json_response(
-                _error_body(kind, message, request_id), status=behavior.status, headers=headers
-            )
-        answer = _Answer(behavior, body, request_id)
-        if body.get("stream") is not True:
-            return await self._complete(request, answer, headers, close_connection)
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
-                "Cache-Control": "no-cache",
-                **headers,
-            }
+        return await self._serve_json(
+            request,
+            unparsable="There was an issue with your request body: invalid JSON",
+            invalid=invalid_request,
+            error=_error,
         )
-        await response.prepare(request)
-        self.active_streams += 1
-        try:
-            await _write_stream(response, answer, close_connection)
-        except ConnectionResetError:
-            self._client_gone(exchange)
-        finally:
-            self.active_streams -= 1
-        return response
 
-    async def _complete(
-        self,
-        request: web.Request,
-        answer: _Answer,
-        headers: dict[str, str],
-        close_connection: Callable[[], None],
-    ) -> web.StreamResponse:
-        """A Message; stream faults map to their whole-body equivalents."""
-        behavior = answer.behavior
-        if behavior.stall_after is not None:
-            await asyncio.sleep(behavior.stall_seconds)
-        if behavior.malformed_after is not None:
-            return web.Response(body=b"{not json", content_type="application/json", headers=headers)
-        if behavior.error_event_after is not None:
-            kind = _event_error_type(behavior)
-            body = _error_body(kind, "fake error", _request_id.get())
-            return web.json_response(body, status=_EVENT_STATUS.get(kind, 500), headers=headers)
-        payload = json.dumps(answer.message(), ensure_ascii=False).encode()
-        response = web.StreamResponse(headers={**headers, "Content-Type": "application/json"})
-        response.content_length = len(payload)
-        await response.prepare(request)
-        if behavior.drop_after is None:
-            await response.write(payload)
-        else:
-            await response.write(payload[: len(payload) // 2])
-            close_connection()
-        return response
+    def _build_answer(
+        self, request: web.Request, body: dict[str, Any], behavior: Behavior
+    ) -> _Answer:
+        return _Answer(behavior, body, _request_id.get())
+
+    def _status_error(
+        self, behavior: Behavior, body: dict[str, Any], headers: dict[str, str]
+    ) -> web.Response:
+        assert behavior.status is not None
+        kind = behavior.error_type or error_type_for(behavior.status)
+        message = f"Fake error: HTTP {behavior.status}."
+        error = _error_body(kind, message, _request_id.get())
+        return web.json_response(error, status=behavior.status, headers=headers)

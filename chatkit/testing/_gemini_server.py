@@ -31,18 +31,18 @@ are sent without ids, as Gemini does.
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import functools
 import itertools
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
 
 from aiohttp import web
 
-from ._behavior import Behavior, apply_override
-from ._openai_server import FakeOpenAIServer, _Exchange
-from ._stream import _Batcher, _fault_points, _stall, _write_items
+from ._behavior import Behavior
+from ._openai_server import FakeOpenAIServer
+from ._stream import StreamPlan
 from ._wire import answer_pieces
 
 __all__ = ["FakeGeminiServer"]
@@ -173,8 +173,11 @@ def _arguments(arguments: str) -> Any:
 class _Answer:
     """The ``GenerateContentResponse`` objects of one answer to ``behavior``."""
 
-    def __init__(self, behavior: Behavior, body: dict[str, Any], model: str, number: int) -> None:
+    def __init__(
+        self, behavior: Behavior, body: dict[str, Any], model: str, number: int, *, stream: bool
+    ) -> None:
         self.behavior = behavior
+        self.stream = stream
         self.model = model
         self.id = f"fake-response-{number}"
         self.signature = base64.b64encode(f"fake-signature-{number}".encode()).decode()
@@ -258,34 +261,24 @@ class _Answer:
         code = _EVENT_CODES.get(kind, 500)
         return code, status_name(code)
 
+    def plan(self) -> StreamPlan:
+        """The events; fault positions count them (no opening event)."""
+        code, status = self.error()
+        return StreamPlan(
+            opening=b"",
+            items=self.items(),
+            closing=self.closing(),
+            malformed=_MALFORMED,
+            error_event=_sse(error_body(code, "fake error event", status)),
+        )
 
-async def _write_stream(
-    response: web.StreamResponse, answer: _Answer, close_connection: Callable[[], None]
-) -> None:
-    """Write ``answer``'s events with its behavior's faults (positions count events)."""
-    behavior = answer.behavior
-    out = _Batcher(response)
-    items = answer.items()
-    points = _fault_points(behavior, len(items))
-    start = 0
-    for cut in sorted(set(points.values()) | {len(items)}):
-        await _write_items(out, items[start:cut], behavior.delay)
-        start = cut
-        if points.get("stall") == cut:
-            await _stall(out, behavior.stall_seconds, behavior.trickle)
-        if points.get("malformed") == cut:
-            out.add(_MALFORMED)
-        if points.get("error") == cut:
-            code, status = answer.error()
-            out.add(_sse(error_body(code, "fake error event", status)))
-            await out.flush()
-            return
-        if points.get("drop") == cut:
-            await out.flush()
-            close_connection()
-            return
-    out.add(answer.closing())
-    await out.flush()
+    def payload(self) -> bytes:
+        return json.dumps(self.whole(), ensure_ascii=False).encode()
+
+    def error_response(self, headers: dict[str, str]) -> web.Response:
+        code, status = self.error()
+        body = error_body(code, "fake error", status)
+        return web.json_response(body, status=code, headers=headers)
 
 
 class FakeGeminiServer(FakeOpenAIServer):
@@ -299,49 +292,24 @@ class FakeGeminiServer(FakeOpenAIServer):
     embedding-only models.
     """
 
-    def __init__(
-        self,
-        behavior: Behavior | None = None,
-        *,
-        api_key: str | None = None,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        models: list[str] | None = None,
-    ) -> None:
-        models = list(models) if models is not None else ["gemini-2.5-flash", "gemini-2.5-pro"]
-        super().__init__(behavior, api_key=api_key, host=host, port=port, models=models)
-        self._responses = itertools.count(1)
+    _default_models = ("gemini-2.5-flash", "gemini-2.5-pro")
+    _stream_headers: ClassVar[Mapping[str, str]] = {"Content-Type": "text/event-stream"}
+
+    # Per server and made on first use, so the constructor stays the base class's.
+    @functools.cached_property
+    def _responses(self) -> Iterator[int]:
+        return itertools.count(1)
 
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT``: clients append ``/v1beta/models/...`` themselves."""
         return self.url
 
-    async def __aenter__(self) -> FakeGeminiServer:
-        await self.start()
-        return self
-
-    async def start(self) -> None:
-        """Listen on the configured host and port (0: an ephemeral port)."""
-        if self._runner is not None:
-            raise RuntimeError("FakeGeminiServer is already started")
-        app = web.Application(middlewares=[self._record])
-        app.on_response_prepare.append(self._stamp)
-        app.router.add_post("/{version:v1beta|v1}/models/{target}", self._generate)
-        app.router.add_get("/{version:v1beta|v1}/models", self._list_models)
-        app.router.add_get("/health", self._health)
-        runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
-        )
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self._host, self.port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self.port = runner.addresses[0][1]
-        self._closing = False
-        self._runner = runner
+    def _routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/{version:v1beta|v1}/models/{target}", self._generate),
+            web.get("/{version:v1beta|v1}/models", self._list_models),
+        ]
 
     async def _stamp(self, request: web.Request, response: web.StreamResponse) -> None:
         pass  # Google sends no request-id header
@@ -393,111 +361,47 @@ class FakeGeminiServer(FakeOpenAIServer):
         return web.json_response(listing)
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
-        model, _, method = request.match_info["target"].partition(":")
+        method = request.match_info["target"].partition(":")[2]
         if method not in ("generateContent", "streamGenerateContent"):
             return _error(404, f"Method not found: {method or '(none)'}.")
         denied = self._unauthorized(request)
         if denied is not None:
             return denied
-        try:
-            body = json.loads(await request.read())
-        except ValueError:
-            return _error(400, "Invalid JSON payload received.")
-        problem = invalid_request(body)
-        if problem is not None:
-            return _error(400, problem)
-        behavior = self._next_behavior()
-        override = request.headers.get("x-fake-behavior")
-        if override is not None:
-            try:
-                behavior = apply_override(behavior, override)
-            except ValueError as exc:
-                return _error(400, str(exc))
-        stream = method == "streamGenerateContent"
-        answer = _Answer(behavior, body, model, next(self._responses))
-        # Task tracking and disconnect accounting as in the OpenAI server.
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        exchange = _Exchange()
-        try:
-            return await self._respond(request, answer, exchange, stream=stream)
-        except asyncio.CancelledError:
-            self._client_gone(exchange)
-            raise
-        finally:
-            self._handlers.discard(task)
-
-    async def _respond(
-        self, request: web.Request, answer: _Answer, exchange: _Exchange, *, stream: bool
-    ) -> web.StreamResponse:
-        def close_connection() -> None:
-            exchange.closed_by_server = True
-            if request.transport is not None:
-                request.transport.close()
-
-        behavior = answer.behavior
-        if behavior.reset:
-            close_connection()
-            return web.Response()
-        headers = dict(behavior.headers or {})
-        if behavior.status is not None:
-            return _status_error(behavior, headers)
-        if not stream:
-            return await _complete(request, answer, headers, close_connection)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **headers})
-        await response.prepare(request)
-        self.active_streams += 1
-        try:
-            await _write_stream(response, answer, close_connection)
-        except ConnectionResetError:
-            self._client_gone(exchange)
-        finally:
-            self.active_streams -= 1
-        return response
-
-
-def _status_error(behavior: Behavior, headers: dict[str, str]) -> web.Response:
-    status = behavior.status
-    assert status is not None
-    details = []
-    wait = behavior.retry_after
-    if behavior.retry_after_ms is not None:
-        wait = behavior.retry_after_ms / 1000
-    if wait is not None:
-        # Google's wait hint: a protobuf Duration in the body, never Retry-After.
-        details.append(
-            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{wait}s"}
+        return await self._serve_json(
+            request,
+            unparsable="Invalid JSON payload received.",
+            invalid=invalid_request,
+            error=_error,
         )
-    kind = behavior.error_type if behavior.error_type in _CODES else None
-    body = error_body(status, f"Fake error: HTTP {status}.", kind, details)
-    return web.json_response(body, status=status, headers=headers)
 
+    def _build_answer(
+        self, request: web.Request, body: dict[str, Any], behavior: Behavior
+    ) -> _Answer:
+        model, _, method = request.match_info["target"].partition(":")
+        stream = method == "streamGenerateContent"
+        return _Answer(behavior, body, model, next(self._responses), stream=stream)
 
-async def _complete(
-    request: web.Request,
-    answer: _Answer,
-    headers: dict[str, str],
-    close_connection: Callable[[], None],
-) -> web.StreamResponse:
-    """A whole response; stream faults map to their whole-body equivalents."""
-    behavior = answer.behavior
-    if behavior.stall_after is not None:
-        await asyncio.sleep(behavior.stall_seconds)
-    if behavior.malformed_after is not None:
-        return web.Response(body=b"{not json", content_type="application/json", headers=headers)
-    if behavior.error_event_after is not None:
-        code, status = answer.error()
-        body = error_body(code, "fake error", status)
-        return web.json_response(body, status=code, headers=headers)
-    payload = json.dumps(answer.whole(), ensure_ascii=False).encode()
-    response = web.StreamResponse(headers={**headers, "Content-Type": "application/json"})
-    response.content_length = len(payload)
-    await response.prepare(request)
-    if behavior.drop_after is None:
-        await response.write(payload)
-    else:
-        # Half the promised body, then the connection ends: a truncated read.
-        await response.write(payload[: len(payload) // 2])
-        close_connection()
-    return response
+    def _response_headers(self, behavior: Behavior) -> dict[str, str]:
+        # No Retry-After headers: Google puts its wait hint in the error body.
+        return dict(behavior.headers or {})
+
+    def _status_error(
+        self, behavior: Behavior, body: dict[str, Any], headers: dict[str, str]
+    ) -> web.Response:
+        status = behavior.status
+        assert status is not None
+        details = []
+        wait = behavior.retry_after
+        if behavior.retry_after_ms is not None:
+            wait = behavior.retry_after_ms / 1000
+        if wait is not None:
+            # Google's wait hint: a protobuf Duration in the body, never Retry-After.
+            details.append(
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{wait}s"}
+            )
+        kind = behavior.error_type if behavior.error_type in _CODES else None
+        error = error_body(status, f"Fake error: HTTP {status}.", kind, details)
+        return web.json_response(error, status=status, headers=headers)
+
+    def _bad_override(self, message: str) -> web.Response:
+        return _error(400, message)

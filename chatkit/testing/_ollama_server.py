@@ -29,24 +29,24 @@ ends early; a ``trickle`` sends empty lines.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from aiohttp import web
 
 from ._behavior import Behavior
-from ._openai_server import FakeOpenAIServer, _Exchange, _extra_headers
-from ._stream import _Batcher, _fault_points, _write_items
+from ._openai_server import FakeOpenAIServer
+from ._stream import StreamPlan
 from ._wire import answer_pieces, prompt_tokens
 
 __all__ = ["FakeOllamaServer"]
 
 _ROLES = ("system", "user", "assistant", "tool")
 _MALFORMED = b"{not json\n"
+# An empty line: NDJSON readers skip it, so a trickle can send it while stalled.
 _KEEPALIVE = b"\n"
 
 
@@ -95,6 +95,8 @@ class _Answer:
 
     def __init__(self, behavior: Behavior, body: dict[str, Any]) -> None:
         self.behavior = behavior
+        # Ollama streams unless told not to.
+        self.stream = body.get("stream", True) is not False
         self.model = body["model"]
         self.created_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         self.prompt = prompt_tokens(body["messages"])
@@ -148,48 +150,22 @@ class _Answer:
             message["tool_calls"] = self.calls
         return self.final(message)
 
+    def plan(self) -> StreamPlan:
+        """The lines; fault positions count them (no opening line)."""
+        return StreamPlan(
+            opening=b"",
+            items=self.items(),
+            closing=self.closing(),
+            malformed=_MALFORMED,
+            error_event=_line({"error": "fake error event"}),
+            keepalive=_KEEPALIVE,
+        )
 
-async def _stall(out: _Batcher, seconds: float, trickle: float | None) -> None:
-    """Go quiet; a trickle sends empty lines, which NDJSON readers skip."""
-    await out.flush()
-    if trickle is None:
-        await asyncio.sleep(seconds)
-        return
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-    while (left := end - loop.time()) > trickle:
-        await asyncio.sleep(trickle)
-        out.add(_KEEPALIVE)
-        await out.flush()
-    await asyncio.sleep(max(left, 0.0))
+    def payload(self) -> bytes:
+        return json.dumps(self.whole(), ensure_ascii=False).encode()
 
-
-async def _write_stream(
-    response: web.StreamResponse, answer: _Answer, close_connection: Callable[[], None]
-) -> None:
-    """Write ``answer``'s lines with its behavior's faults (positions count lines)."""
-    behavior = answer.behavior
-    out = _Batcher(response)
-    items = answer.items()
-    points = _fault_points(behavior, len(items))
-    start = 0
-    for cut in sorted(set(points.values()) | {len(items)}):
-        await _write_items(out, items[start:cut], behavior.delay)
-        start = cut
-        if points.get("stall") == cut:
-            await _stall(out, behavior.stall_seconds, behavior.trickle)
-        if points.get("malformed") == cut:
-            out.add(_MALFORMED)
-        if points.get("error") == cut:
-            out.add(_line({"error": "fake error event"}))
-            await out.flush()
-            return
-        if points.get("drop") == cut:
-            await out.flush()
-            close_connection()
-            return
-    out.add(answer.closing())
-    await out.flush()
+    def error_response(self, headers: dict[str, str]) -> web.Response:
+        return _error(500, "fake error", headers)
 
 
 class FakeOllamaServer(FakeOpenAIServer):
@@ -201,49 +177,24 @@ class FakeOllamaServer(FakeOpenAIServer):
     Any model name is answered; ``models`` are what ``/api/tags`` lists.
     """
 
-    def __init__(
-        self,
-        behavior: Behavior | None = None,
-        *,
-        api_key: str | None = None,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        models: list[str] | None = None,
-    ) -> None:
-        models = list(models) if models is not None else ["llama3.2:latest"]
-        super().__init__(behavior, api_key=api_key, host=host, port=port, models=models)
+    _default_models = ("llama3.2:latest",)
+    _stream_headers: ClassVar[Mapping[str, str]] = {"Content-Type": "application/x-ndjson"}
 
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT``: clients append ``/api/chat`` themselves."""
         return self.url
 
-    async def __aenter__(self) -> FakeOllamaServer:
-        await self.start()
-        return self
+    def _routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/api/chat", self._chat),
+            web.get("/api/tags", self._tags),
+            web.get("/api/version", self._version),
+            web.get("/", self._root),
+        ]
 
-    async def start(self) -> None:
-        """Listen on the configured host and port (0: an ephemeral port)."""
-        if self._runner is not None:
-            raise RuntimeError("FakeOllamaServer is already started")
-        app = web.Application(middlewares=[self._record])
-        app.router.add_post("/api/chat", self._chat)
-        app.router.add_get("/api/tags", self._tags)
-        app.router.add_get("/api/version", self._version)
-        app.router.add_get("/", self._root)
-        app.router.add_get("/health", self._health)
-        runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
-        )
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self._host, self.port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self.port = runner.addresses[0][1]
-        self._closing = False
-        self._runner = runner
+    async def _stamp(self, request: web.Request, response: web.StreamResponse) -> None:
+        pass  # Ollama sends no request-id header
 
     def _unauthorized(self, request: web.Request) -> web.Response | None:
         if self._api_key is None:
@@ -286,72 +237,23 @@ class FakeOllamaServer(FakeOpenAIServer):
         denied = self._unauthorized(request)
         if denied is not None:
             return denied
-        try:
-            body = json.loads(await request.read())
-        except ValueError:
-            return _error(400, "invalid character in request body")
-        problem = invalid_request(body)
-        if problem is not None:
-            return _error(400, problem)
-        # Behavior selection, overrides and disconnect tracking are shared with
-        # the OpenAI server, which calls back into `_answer` below.
-        return await self._chat_completions(request)
+        return await self._serve_json(
+            request,
+            unparsable="invalid character in request body",
+            invalid=invalid_request,
+            error=_error,
+        )
 
-    async def _answer(
-        self, request: web.Request, body: dict[str, Any], behavior: Behavior, exchange: _Exchange
-    ) -> web.StreamResponse:
-        def close_connection() -> None:
-            exchange.closed_by_server = True
-            if request.transport is not None:
-                request.transport.close()
+    def _build_answer(
+        self, request: web.Request, body: dict[str, Any], behavior: Behavior
+    ) -> _Answer:
+        return _Answer(behavior, body)
 
-        if behavior.reset:
-            close_connection()
-            return web.Response()
-        headers = _extra_headers(behavior)
-        if behavior.status is not None:
-            message = f"fake error: HTTP {behavior.status}"
-            if behavior.status == 404:
-                message = f'model "{body["model"]}" not found, try pulling it first'
-            return _error(behavior.status, message, headers)
-        answer = _Answer(behavior, body)
-        # Ollama streams unless told not to.
-        if body.get("stream", True) is False:
-            return await _complete(request, answer, headers, close_connection)
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", **headers})
-        await response.prepare(request)
-        self.active_streams += 1
-        try:
-            await _write_stream(response, answer, close_connection)
-        except ConnectionResetError:
-            self._client_gone(exchange)
-        finally:
-            self.active_streams -= 1
-        return response
-
-
-async def _complete(
-    request: web.Request,
-    answer: _Answer,
-    headers: dict[str, str],
-    close_connection: Callable[[], None],
-) -> web.StreamResponse:
-    """The whole answer as one object; stream faults map to their whole-body equivalents."""
-    behavior = answer.behavior
-    if behavior.stall_after is not None:
-        await asyncio.sleep(behavior.stall_seconds)
-    if behavior.malformed_after is not None:
-        return web.Response(body=b"{not json", content_type="application/json", headers=headers)
-    if behavior.error_event_after is not None:
-        return _error(500, "fake error", headers)
-    payload = json.dumps(answer.whole(), ensure_ascii=False).encode()
-    response = web.StreamResponse(headers={**headers, "Content-Type": "application/json"})
-    response.content_length = len(payload)
-    await response.prepare(request)
-    if behavior.drop_after is None:
-        await response.write(payload)
-    else:
-        # Half the promised body, then the connection ends: a truncated read.
-        await response.write(payload[: len(payload) // 2])
-        close_connection()
-    return response
+    def _status_error(
+        self, behavior: Behavior, body: dict[str, Any], headers: dict[str, str]
+    ) -> web.Response:
+        assert behavior.status is not None
+        message = f"fake error: HTTP {behavior.status}"
+        if behavior.status == 404:
+            message = f'model "{body["model"]}" not found, try pulling it first'
+        return _error(behavior.status, message, headers)

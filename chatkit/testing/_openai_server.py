@@ -16,15 +16,16 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from ._behavior import Behavior, RecordedRequest, default_error_type, make_headers, parse_override
-from ._stream import build_plan, write_stream
+from ._stream import Answer, StreamPlan, build_plan, write_stream
 from ._wire import ChunkEncoder, completion_object, error_body, prompt_tokens
 
 __all__ = ["FakeOpenAIServer"]
@@ -57,7 +58,17 @@ class FakeOpenAIServer:
     request takes the next `Behavior` from the script (`script`, `fail`), or
     `default` once the script is used up; an ``x-fake-behavior`` request header
     holding a JSON object of Behavior fields overrides fields for that request.
+
+    The vendor servers subclass it: they keep its scripting, lifecycle, request
+    recording and disconnect accounting, and override the hooks below
+    (`_routes`, `_build_answer`, `_status_error`, ...) with their wire format.
     """
+
+    _default_models: ClassVar[tuple[str, ...]] = ("fake-model",)
+    _stream_headers: ClassVar[Mapping[str, str]] = {
+        "Content-Type": "text/event-stream; charset=utf-8",
+        "Cache-Control": "no-cache",
+    }
 
     def __init__(
         self,
@@ -75,7 +86,7 @@ class FakeOpenAIServer:
         self.port = port
         self._api_key = api_key
         self._host = host
-        self._models = list(models) if models is not None else ["fake-model"]
+        self._models = list(models if models is not None else self._default_models)
         self._script: deque[Behavior] = deque()
         self._numbers = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -133,12 +144,10 @@ class FakeOpenAIServer:
     async def start(self) -> None:
         """Listen on the configured host and port (0: an ephemeral port)."""
         if self._runner is not None:
-            raise RuntimeError("FakeOpenAIServer is already started")
-        app = web.Application(middlewares=[self._record])
+            raise RuntimeError(f"{type(self).__name__} is already started")
+        app = web.Application(middlewares=self._middlewares())
         app.on_response_prepare.append(self._stamp)
-        app.router.add_post("/v1/chat/completions", self._chat_completions)
-        app.router.add_get("/v1/models", self._list_models)
-        app.router.add_get("/health", self._health)
+        app.router.add_routes([*self._routes(), web.get("/health", self._health)])
         # handler_cancellation: a client that goes away cancels its handler at
         # once, even mid-sleep, which is how stalled streams notice it.
         runner = web.AppRunner(
@@ -165,7 +174,7 @@ class FakeOpenAIServer:
             task.cancel()
         await runner.cleanup()
 
-    async def __aenter__(self) -> FakeOpenAIServer:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -178,7 +187,7 @@ class FakeOpenAIServer:
         await self.close()
 
     @contextlib.contextmanager
-    def run_in_thread(self) -> Iterator[FakeOpenAIServer]:
+    def run_in_thread(self) -> Iterator[Self]:
         """Run the server on its own event loop in a daemon thread.
 
         Start errors (a port in use, ...) are raised here; leaving the block
@@ -259,6 +268,16 @@ class FakeOpenAIServer:
 
     # -- HTTP plumbing -------------------------------------------------------
 
+    def _routes(self) -> list[web.RouteDef]:
+        """The vendor's API; ``/health`` is added to every server."""
+        return [
+            web.post("/v1/chat/completions", self._chat_completions),
+            web.get("/v1/models", self._list_models),
+        ]
+
+    def _middlewares(self) -> list[Middleware]:
+        return [self._record]
+
     @web.middleware
     async def _record(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
         number = next(self._numbers)
@@ -314,11 +333,33 @@ class FakeOpenAIServer:
             return _bad_request("We could not parse the JSON body of your request.", None)
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return _bad_request("'messages' is a required property.", "messages")
+        return await self._serve(request, body)
+
+    async def _serve_json(
+        self,
+        request: web.Request,
+        *,
+        unparsable: str,
+        invalid: Callable[[Any], str | None],
+        error: Callable[[int, str], web.Response],
+    ) -> web.StreamResponse:
+        """`_serve` a JSON body that `invalid` finds no fault with, else a 400 from `error`."""
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return error(400, unparsable)
+        problem = invalid(body)
+        if problem is not None:
+            return error(400, problem)
+        return await self._serve(request, body)
+
+    async def _serve(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        """Answer a valid chat request with the next Behavior, noticing a client that leaves."""
         override = request.headers.get("x-fake-behavior")
         try:
             fields = parse_override(override) if override is not None else {}
         except ValueError as exc:
-            return _bad_request(str(exc), None)
+            return self._bad_override(str(exc))
         # A copy: the scripted or default Behavior stays as the test wrote it.
         behavior = dataclasses.replace(self._next_behavior(), **fields)
 
@@ -349,51 +390,22 @@ class FakeOpenAIServer:
             if request.transport is not None:
                 request.transport.close()
 
+        # Built before the faults are looked at, so that numbering answers
+        # (Gemini's responseId) counts the failed ones too.
+        answer = self._build_answer(request, body, behavior)
         if behavior.reset:
             close_connection()
             # Nothing reaches the wire: aiohttp fails to write to the closed
             # transport and drops the response quietly.
             return web.Response()
-        headers = _extra_headers(behavior)
+        headers = self._response_headers(behavior)
         if behavior.status is not None:
-            error_type = behavior.error_type or default_error_type(behavior.status)
-            message = f"Fake error: HTTP {behavior.status}."
-            return web.json_response(
-                error_body(message, error_type), status=behavior.status, headers=headers
-            )
+            return self._status_error(behavior, body, headers)
+        if not answer.stream:
+            return await _complete(request, answer, headers, close_connection)
 
-        completion_id = f"chatcmpl-fake{_request_number.get()}"
-        created = int(time.time())
-        model = body.get("model")
-        model = model if isinstance(model, str) and model else "fake-model"
-        finish_reason = behavior.finish_reason or ("tool_calls" if behavior.tool_calls else "stop")
-        prompt = prompt_tokens(body["messages"])
-        if body.get("stream") is not True:
-            obj = completion_object(
-                behavior,
-                completion_id=completion_id,
-                created=created,
-                model=model,
-                finish_reason=finish_reason,
-                prompt=prompt,
-            )
-            return await _complete(request, obj, behavior, headers, close_connection)
-
-        include_usage = _include_usage(body)
-        encoder = ChunkEncoder(completion_id, created, model, include_usage=include_usage)
-        plan = build_plan(
-            behavior,
-            encoder,
-            finish_reason=finish_reason,
-            prompt=prompt if include_usage else None,
-        )
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
-                "Cache-Control": "no-cache",
-                **headers,
-            }
-        )
+        plan = answer.plan()
+        response = web.StreamResponse(headers={**self._stream_headers, **headers})
         await response.prepare(request)
         self.active_streams += 1
         try:
@@ -406,23 +418,97 @@ class FakeOpenAIServer:
             self.active_streams -= 1
         return response
 
+    # -- what vendors override -----------------------------------------------
+
+    def _build_answer(
+        self, request: web.Request, body: dict[str, Any], behavior: Behavior
+    ) -> Answer:
+        return _Answer(behavior, body, _request_number.get())
+
+    def _response_headers(self, behavior: Behavior) -> dict[str, str]:
+        """Headers for every answer to `behavior`, errors and streams alike."""
+        headers = dict(behavior.headers or {})
+        if behavior.retry_after is not None:
+            seconds = behavior.retry_after
+            headers["Retry-After"] = str(int(seconds)) if seconds == int(seconds) else str(seconds)
+        if behavior.retry_after_ms is not None:
+            headers["retry-after-ms"] = str(behavior.retry_after_ms)
+        return headers
+
+    def _status_error(
+        self, behavior: Behavior, body: dict[str, Any], headers: dict[str, str]
+    ) -> web.Response:
+        """The answer to a Behavior with an error `status`."""
+        assert behavior.status is not None
+        error_type = behavior.error_type or default_error_type(behavior.status)
+        message = f"Fake error: HTTP {behavior.status}."
+        return web.json_response(
+            error_body(message, error_type), status=behavior.status, headers=headers
+        )
+
+    def _bad_override(self, message: str) -> web.Response:
+        """The answer to an ``x-fake-behavior`` header that is no Behavior."""
+        return _bad_request(message, None)
+
+
+class _Answer:
+    """The ``chat.completion`` (or its chunks) answering one request."""
+
+    def __init__(self, behavior: Behavior, body: dict[str, Any], number: int | None) -> None:
+        self.behavior = behavior
+        self.stream = body.get("stream") is True
+        self._include_usage = _include_usage(body)
+        self._id = f"chatcmpl-fake{number}"
+        self._created = int(time.time())
+        model = body.get("model")
+        self._model = model if isinstance(model, str) and model else "fake-model"
+        self._finish_reason = behavior.finish_reason or (
+            "tool_calls" if behavior.tool_calls else "stop"
+        )
+        self._prompt = prompt_tokens(body["messages"])
+
+    def plan(self) -> StreamPlan:
+        encoder = ChunkEncoder(
+            self._id, self._created, self._model, include_usage=self._include_usage
+        )
+        return build_plan(
+            self.behavior,
+            encoder,
+            finish_reason=self._finish_reason,
+            prompt=self._prompt if self._include_usage else None,
+        )
+
+    def payload(self) -> bytes:
+        obj = completion_object(
+            self.behavior,
+            completion_id=self._id,
+            created=self._created,
+            model=self._model,
+            finish_reason=self._finish_reason,
+            prompt=self._prompt,
+        )
+        return json.dumps(obj).encode()
+
+    def error_response(self, headers: dict[str, str]) -> web.Response:
+        error = error_body("fake error event", self.behavior.error_event_type)
+        return web.json_response(error, headers=headers)
+
 
 async def _complete(
     request: web.Request,
-    obj: dict[str, Any],
-    behavior: Behavior,
+    answer: Answer,
     headers: dict[str, str],
     close_connection: Callable[[], None],
 ) -> web.StreamResponse:
     """A non-streamed answer; stream faults map to their whole-body equivalents."""
+    behavior = answer.behavior
     if behavior.stall_after is not None:
         await asyncio.sleep(behavior.stall_seconds)
     if behavior.malformed_after is not None:
         return web.Response(body=b"{not json", content_type="application/json", headers=headers)
     if behavior.error_event_after is not None:
-        error = error_body("fake error event", behavior.error_event_type)
-        return web.json_response(error, headers=headers)
-    payload = json.dumps(obj).encode()
+        return answer.error_response(headers)
+    payload = answer.payload()
     response = web.StreamResponse(headers={**headers, "Content-Type": "application/json"})
     response.content_length = len(payload)
     await response.prepare(request)
@@ -443,16 +529,6 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
 def _include_usage(body: dict[str, Any]) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
-
-
-def _extra_headers(behavior: Behavior) -> dict[str, str]:
-    headers = dict(behavior.headers or {})
-    if behavior.retry_after is not None:
-        seconds = behavior.retry_after
-        headers["Retry-After"] = str(int(seconds)) if seconds == int(seconds) else str(seconds)
-    if behavior.retry_after_ms is not None:
-        headers["retry-after-ms"] = str(behavior.retry_after_ms)
-    return headers
 
 
 def _bad_request(message: str, param: str | None) -> web.Response:

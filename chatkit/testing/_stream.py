@@ -1,7 +1,8 @@
-"""Writing one SSE answer, with the faults its Behavior asks for.
+"""Writing one streamed answer, with the faults its Behavior asks for.
 
-The events are encoded up front (`StreamPlan`) and written in batches of about
-`BATCH_BYTES`, so a benchmark stream of tens of thousands of chunks costs a
+Every vendor's events are encoded up front (`StreamPlan`, in that vendor's
+framing) so that one writer injects the faults for all of them, and written in
+batches of about `BATCH_BYTES`, so a benchmark stream of tens of thousands of chunks costs a
 few hundred writes rather than one write (and one drain) per event. Only a
 `delay`, a fault or the end of the stream forces a flush.
 """
@@ -11,33 +12,70 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
 from ._behavior import Behavior
-from ._wire import DONE, MALFORMED, TRICKLE, ChunkEncoder, answer_pieces, sse, tool_call_deltas
+from ._wire import (
+    DONE,
+    MALFORMED,
+    TRICKLE,
+    ChunkEncoder,
+    answer_pieces,
+    error_body,
+    sse,
+    tool_call_deltas,
+)
 
-__all__ = ["BATCH_BYTES", "StreamPlan", "build_plan", "write_stream"]
+__all__ = ["BATCH_BYTES", "Answer", "StreamPlan", "build_plan", "write_stream"]
 
 BATCH_BYTES = 64 * 1024
 
 
 @dataclass
 class StreamPlan:
-    """Every event of one stream, already encoded."""
+    """Every event of one stream, already encoded in the vendor's framing."""
 
-    role: bytes
+    opening: bytes
+    """Sent before the content chunks (b"": nothing)."""
     items: list[bytes]
-    """The content chunks: reasoning, content and tool-call deltas."""
-    finish: bytes
-    usage: bytes | None
-    done: bool
+    """The content chunks; fault positions count these."""
+    closing: bytes
+    """Sent after the content chunks when no fault ended the stream early."""
+    malformed: bytes
+    """What ``malformed_after`` sends: an event the client cannot parse."""
+    error_event: bytes
+    """What ``error_event_after`` sends, ending the stream."""
+    keepalive: bytes = TRICKLE
+    """What a ``trickle`` sends while stalled; clients must skip it."""
+    delay_closing: bool = False
+    """Wait ``delay`` before the closing too (OpenAI's finishing chunk is a chunk)."""
+
+
+class Answer(Protocol):
+    """One vendor's answer to one request, in both its streamed and whole forms."""
+
+    behavior: Behavior
+    stream: bool
+
+    def plan(self) -> StreamPlan:
+        """The events of the streamed answer."""
+        ...
+
+    def payload(self) -> bytes:
+        """The body of the whole (non-streamed) answer."""
+        ...
+
+    def error_response(self, headers: dict[str, str]) -> web.Response:
+        """What a non-streamed request gets instead of the stream's error event."""
+        ...
 
 
 def build_plan(
     behavior: Behavior, encoder: ChunkEncoder, *, finish_reason: str, prompt: int | None
 ) -> StreamPlan:
-    """Encode the stream for `behavior`; `prompt` is None unless usage was requested."""
+    """Encode the OpenAI stream for `behavior`; `prompt` is None unless usage was requested."""
     items = [encoder.delta({"reasoning_content": piece}) for piece in behavior.reasoning or ()]
     # Benchmarks repeat one piece thousands of times: encode each distinct piece once.
     cache: dict[str, bytes] = {}
@@ -47,12 +85,18 @@ def build_plan(
             event = cache[piece] = encoder.delta({"content": piece})
         items.append(event)
     items.extend(encoder.delta(delta) for delta in tool_call_deltas(behavior.tool_calls or []))
+    closing = encoder.finish(finish_reason)
+    if prompt is not None:
+        closing += encoder.usage(prompt, len(items))
+    if behavior.done:
+        closing += DONE
     return StreamPlan(
-        role=encoder.delta({"role": "assistant", "content": ""}),
+        opening=encoder.delta({"role": "assistant", "content": ""}),
         items=items,
-        finish=encoder.finish(finish_reason),
-        usage=None if prompt is None else encoder.usage(prompt, len(items)),
-        done=behavior.done,
+        closing=closing,
+        malformed=MALFORMED,
+        error_event=sse(error_body("fake error event", behavior.error_event_type)),
+        delay_closing=True,
     )
 
 
@@ -96,17 +140,17 @@ def _fault_points(behavior: Behavior, count: int) -> dict[str, int]:
     return {name: min(max(at, 0), count) for name, at in points.items() if at is not None}
 
 
-async def _stall(out: _Batcher, seconds: float, trickle: float | None) -> None:
+async def _stall(out: _Batcher, seconds: float, trickle: float | None, keepalive: bytes) -> None:
     await out.flush()
     if trickle is None:
         await asyncio.sleep(seconds)
         return
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
-    # Comments keep bytes flowing (a read timeout never fires) while no event arrives.
+    # Keep-alives keep bytes flowing (a read timeout never fires) while no event arrives.
     while (left := end - loop.time()) > trickle:
         await asyncio.sleep(trickle)
-        out.add(TRICKLE)
+        out.add(keepalive)
         await out.flush()
     await asyncio.sleep(max(left, 0.0))
 
@@ -122,7 +166,8 @@ async def write_stream(
     `close_connection` ends the TCP connection mid-body (for `drop_after`).
     """
     out = _Batcher(response)
-    out.add(plan.role)
+    if plan.opening:
+        out.add(plan.opening)
     points = _fault_points(behavior, len(plan.items))
     # Cut the content at each fault position; between cuts it streams freely.
     cuts = sorted(set(points.values()) | {len(plan.items)})
@@ -131,26 +176,21 @@ async def write_stream(
         await _write_items(out, plan.items[start:cut], behavior.delay)
         start = cut
         if points.get("stall") == cut:
-            await _stall(out, behavior.stall_seconds, behavior.trickle)
+            await _stall(out, behavior.stall_seconds, behavior.trickle, plan.keepalive)
         if points.get("malformed") == cut:
-            out.add(MALFORMED)
+            out.add(plan.malformed)
         if points.get("error") == cut:
-            error = {"message": "fake error event", "type": behavior.error_event_type}
-            out.add(sse({"error": {**error, "param": None, "code": None}}))
+            out.add(plan.error_event)
             await out.flush()
             return
         if points.get("drop") == cut:
             await out.flush()
             close_connection()
             return
-    if behavior.delay:
+    if plan.delay_closing and behavior.delay:
         await out.flush()
         await asyncio.sleep(behavior.delay)
-    out.add(plan.finish)
-    if plan.usage is not None:
-        out.add(plan.usage)
-    if plan.done:
-        out.add(DONE)
+    out.add(plan.closing)
     await out.flush()
 
 
