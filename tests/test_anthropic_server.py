@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from chatkit.testing import Behavior, FakeAnthropicServer, FakeOpenAIServer, _anthropic_server
+from chatkit.testing import Behavior, FakeAnthropicServer, FakeOpenAIServer, _openai_server
 from chatkit.testing._anthropic_server import error_type_for, invalid_request
 
 pytestmark = pytest.mark.anyio
@@ -267,7 +267,7 @@ async def test_write_failure_counts_a_disconnect(monkeypatch: pytest.MonkeyPatch
     async def broken_write(*args: Any) -> None:
         raise ConnectionResetError("peer gone")
 
-    monkeypatch.setattr(_anthropic_server, "_write_stream", broken_write)
+    monkeypatch.setattr(_openai_server, "write_stream", broken_write)
     async with serve() as (server, session):
         response = await session.post(url(server), json=STREAM, headers=HEADERS)
         await response.read()
