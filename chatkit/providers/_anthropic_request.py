@@ -15,13 +15,21 @@ https://docs.anthropic.com/en/docs/build-with-claude/structured-outputs
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from chatkit._errors import InvalidRequestError, UnsupportedCapabilityError
+from chatkit._errors import UnsupportedCapabilityError
 from chatkit._request import ChatRequest
+from chatkit.providers._common import (
+    base64_data_url,
+    field_error,
+    first_unsupported_param,
+    function_declaration,
+    image_url_of,
+    json_schema_of,
+    stop_sequences,
+    tool_call_arguments,
+)
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -80,20 +88,10 @@ MAPPED_PARAMS = frozenset(
     }
 )
 
-_DATA_URL = re.compile(r"data:(?P<media>[^;,]+);base64,(?P<data>.*)", re.DOTALL)
-
 
 def unsupported_param(request: ChatRequest) -> str | None:
     """The first parameter of ``request`` Anthropic cannot honour, or None."""
-    for name, asks in UNSUPPORTED_PARAMS.items():
-        value = request.params.get(name)
-        if value is not None and asks(value):
-            return name
-    return None
-
-
-def _fail(message: str, field: str) -> InvalidRequestError:
-    return InvalidRequestError(f"{field}: {message}", field=field)
+    return first_unsupported_param(request, UNSUPPORTED_PARAMS)
 
 
 # -- content blocks ---------------------------------------------------------
@@ -109,19 +107,19 @@ def _text_block(text: str, part: Mapping[str, Any] | None = None) -> dict[str, A
 
 def _source(url: str, where: str, kind: str) -> dict[str, Any]:
     if url.startswith("data:"):
-        match = _DATA_URL.fullmatch(url)
-        if match is None:
-            raise _fail(f"a data URL {kind} must be base64 (data:<type>;base64,...)", where)
-        return {"type": "base64", "media_type": match["media"], "data": match["data"]}
+        parsed = base64_data_url(url)
+        if parsed is None:
+            raise field_error(f"a data URL {kind} must be base64 (data:<type>;base64,...)", where)
+        media_type, data = parsed
+        return {"type": "base64", "media_type": media_type, "data": data}
     if url.startswith(("https://", "http://")):
         return {"type": "url", "url": url}
-    raise _fail(f"an {kind} URL must be a data: URL or an http(s) URL", where)
+    raise field_error(f"an {kind} URL must be a data: URL or an http(s) URL", where)
 
 
 def _image_block(part: Mapping[str, Any], where: str) -> dict[str, Any]:
-    image = part["image_url"]
-    url: str = image["url"] if isinstance(image, Mapping) else image
-    return {"type": "image", "source": _source(url, f"{where}.image_url", "image")}
+    source = _source(image_url_of(part), f"{where}.image_url", "image")
+    return {"type": "image", "source": source}
 
 
 def _document_block(part: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -167,16 +165,9 @@ def _tool_use_blocks(calls: list[Mapping[str, Any]], where: str) -> list[dict[st
     blocks = []
     for j, call in enumerate(calls):
         function = call["function"]
-        here = f"{where}.tool_calls[{j}].function.arguments"
-        arguments = function.get("arguments") or "{}"
-        try:
-            parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
-        except ValueError:
-            raise _fail("tool call arguments must be a JSON object", here) from None
-        if not isinstance(parsed, dict):
-            raise _fail("tool call arguments must be a JSON object", here)
+        arguments = tool_call_arguments(function, f"{where}.tool_calls[{j}].function.arguments")
         blocks.append(
-            {"type": "tool_use", "id": call["id"], "name": function["name"], "input": parsed}
+            {"type": "tool_use", "id": call["id"], "name": function["name"], "input": arguments}
         )
     return blocks
 
@@ -251,9 +242,7 @@ def _tool(tool: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(function, Mapping):
         # Not an OpenAI function tool: an Anthropic tool (web search, ...) as is.
         return dict(tool)
-    converted: dict[str, Any] = {"name": function.get("name")}
-    if function.get("description"):
-        converted["description"] = function["description"]
+    converted = function_declaration(function)
     schema = function.get("parameters")
     converted["input_schema"] = schema if schema else {"type": "object", "properties": {}}
     if function.get("strict"):
@@ -265,7 +254,7 @@ def _tool_choice(choice: Any) -> dict[str, Any]:
     named = {"auto": "auto", "none": "none", "required": "any"}
     if isinstance(choice, str):
         if choice not in named:
-            raise _fail(f"must be one of {sorted(named)} or a function choice", "tool_choice")
+            raise field_error(f"must be one of {sorted(named)} or a function choice", "tool_choice")
         return {"type": named[choice]}
     function = choice.get("function")
     if choice.get("type") == "function" and isinstance(function, Mapping):
@@ -290,10 +279,7 @@ def _apply_tools(body: dict[str, Any], params: Mapping[str, Any]) -> None:
 def _response_format(body: dict[str, Any], response_format: Mapping[str, Any]) -> None:
     kind = response_format.get("type")
     if kind == "json_schema":
-        spec = response_format.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, Mapping) else None
-        if not isinstance(schema, Mapping):
-            raise _fail("json_schema needs json_schema.schema", "response_format")
+        schema = json_schema_of(response_format)
         body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
     elif kind != "text":
         raise UnsupportedCapabilityError(
@@ -308,10 +294,10 @@ def _thinking(effort: str, max_tokens: int) -> dict[str, Any]:
     budget = THINKING_BUDGETS.get(effort)
     if budget is None:
         choices = sorted([*THINKING_BUDGETS, "none"])
-        raise _fail(f"must be one of {choices}", "reasoning_effort")
+        raise field_error(f"must be one of {choices}", "reasoning_effort")
     budget = min(budget, max_tokens - 1)
     if budget < _MIN_THINKING_BUDGET:
-        raise _fail(
+        raise field_error(
             f"Anthropic thinking needs max_tokens above {_MIN_THINKING_BUDGET}", "max_tokens"
         )
     return {"type": "enabled", "budget_tokens": budget}
@@ -337,7 +323,7 @@ def messages_body(
             body[name] = params[name]
     stop = params.get("stop")
     if stop is not None:
-        body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        body["stop_sequences"] = stop_sequences(stop)
     _apply_tools(body, params)
     if "response_format" in params:
         _response_format(body, params["response_format"])

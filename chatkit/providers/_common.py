@@ -2,21 +2,74 @@
 
 Each wire API keeps its own file; what is the same for all of them (where a key
 comes from and how its absence is reported, how a base URL is chosen, how an
-SSE body becomes events) lives here once.
+SSE body becomes events, how OpenAI-style request fields are read and how
+vendor answers become OpenAI-style objects) lives here once.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
+from chatkit._assemble import CompletionBuilder
 from chatkit._config import check_base_url, env_value
-from chatkit._errors import InvalidRequestError, MissingAuthError
+from chatkit._errors import (
+    APIStatusError,
+    InvalidRequestError,
+    MissingAuthError,
+    ResponseDecodeError,
+    StreamInterrupted,
+    UnsupportedCapabilityError,
+)
 from chatkit._proxy import ProxySettings
+from chatkit._request import ChatRequest
 from chatkit._sse import SSEDecoder, SSEEvent
-from chatkit._transport import HTTPResponse
+from chatkit._transport import HTTPClient, HTTPResponse
+from chatkit._types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChoiceDeltaFunctionCall,
+    ChoiceDeltaToolCall,
+    CompletionUsage,
+    set_provider,
+)
 
-__all__ = ["Endpoint", "resolve_endpoint", "sse_batches"]
+__all__ = [
+    "Endpoint",
+    "base64_data_url",
+    "compact_json",
+    "completion_from_chunk",
+    "decode_error",
+    "field_error",
+    "first_unsupported_param",
+    "function_declaration",
+    "function_of_tool",
+    "get_json",
+    "image_url_of",
+    "iso_timestamp",
+    "json_object",
+    "json_schema_of",
+    "merge_extra_body",
+    "new_completion_id",
+    "new_tool_call_id",
+    "objects_with_string",
+    "output_token_limit",
+    "provider_repr",
+    "resolve_endpoint",
+    "sse_batches",
+    "stop_sequences",
+    "stream_ended_early",
+    "text_of",
+    "token_usage",
+    "tool_call_arguments",
+    "tool_call_delta",
+    "translated_errors",
+]
 
 
 @dataclass(frozen=True, repr=False)
@@ -31,8 +84,7 @@ class Endpoint:
     proxy_settings: ProxySettings | None
 
     def __repr__(self) -> str:
-        key = "set" if self.api_key else "none"
-        return f"Endpoint(base_url={self.base_url!r}, api_key={key})"
+        return provider_repr("Endpoint", self.base_url, self.api_key)
 
 
 def resolve_endpoint(
@@ -84,3 +136,236 @@ async def sse_batches(response: HTTPResponse) -> AsyncIterator[list[SSEEvent]]:
     tail = decoder.flush()
     if tail:
         yield tail
+
+
+def provider_repr(name: str, base_url: str, api_key: str | None) -> str:
+    """A provider's repr: whether a key is set, never what it is."""
+    return f"{name}(base_url={base_url!r}, api_key={'set' if api_key else 'none'})"
+
+
+# -- requests: OpenAI-style input read the same way for every vendor ---------
+
+
+def field_error(message: str, field: str) -> InvalidRequestError:
+    return InvalidRequestError(f"{field}: {message}", field=field)
+
+
+def first_unsupported_param(
+    request: ChatRequest, refused: Mapping[str, Callable[[Any], bool]]
+) -> str | None:
+    """The first parameter of ``request`` whose value asks for what ``refused`` lists."""
+    for name, asks in refused.items():
+        value = request.params.get(name)
+        if value is not None and asks(value):
+            return name
+    return None
+
+
+def text_of(content: Any) -> str:
+    """Message content as plain text: a string as is, text parts joined by newlines."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(p["text"] for p in content if p.get("type") == "text")
+    return ""
+
+
+def image_url_of(part: Mapping[str, Any]) -> str:
+    """An ``image_url`` part's URL; the part may hold it bare or as ``{"url": ...}``."""
+    image = part["image_url"]
+    url: str = image["url"] if isinstance(image, Mapping) else image
+    return url
+
+
+def base64_data_url(url: str) -> tuple[str, str] | None:
+    """``(media type, data)`` of a ``data:<type>;base64,<data>`` URL, else None."""
+    header, comma, data = url.removeprefix("data:").partition(",")
+    media_type, _, encoding = header.partition(";")
+    if not url.startswith("data:") or not comma or encoding != "base64" or not media_type:
+        return None
+    return media_type, data
+
+
+def tool_call_arguments(function: Mapping[str, Any], field: str) -> dict[str, Any]:
+    """An assistant tool call's arguments (OpenAI sends JSON text) as an object."""
+    raw = function.get("arguments") or "{}"
+    try:
+        parsed = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise field_error("tool call arguments must be a JSON object", field)
+    return parsed
+
+
+def function_of_tool(tool: Any, where: str, provider: str) -> Mapping[str, Any]:
+    """A function tool's ``function``; any other kind of tool is refused."""
+    function = tool.get("function") if isinstance(tool, Mapping) else None
+    if not isinstance(function, Mapping) or tool.get("type", "function") != "function":
+        raise UnsupportedCapabilityError(
+            f"{where}: {provider} takes function tools only", field=where
+        )
+    return function
+
+
+def function_declaration(function: Mapping[str, Any]) -> dict[str, Any]:
+    """A function tool's name, and its description when it has one; vendors add the schema."""
+    declaration: dict[str, Any] = {"name": function.get("name")}
+    if function.get("description"):
+        declaration["description"] = function["description"]
+    return declaration
+
+
+def json_schema_of(response_format: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The schema of a ``json_schema`` response format, which must have one."""
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, Mapping) else None
+    if not isinstance(schema, Mapping):
+        raise field_error("json_schema needs json_schema.schema", "response_format")
+    return schema
+
+
+def stop_sequences(stop: str | Iterable[str]) -> list[str]:
+    return [stop] if isinstance(stop, str) else list(stop)
+
+
+def output_token_limit(params: Mapping[str, Any]) -> Any:
+    """The answer's token budget; ``max_completion_tokens`` replaced ``max_tokens``."""
+    return params.get("max_completion_tokens", params.get("max_tokens"))
+
+
+def merge_extra_body(body: dict[str, Any], extra_body: Mapping[str, Any]) -> None:
+    """Add ``extra_body`` one level deep: an object extends the translated one."""
+    for key, value in extra_body.items():
+        current = body.get(key)
+        if isinstance(value, Mapping) and isinstance(current, dict):
+            body[key] = {**current, **value}
+        else:
+            body[key] = value
+
+
+# -- responses: vendor answers as OpenAI-style objects -----------------------
+
+
+def decode_error(provider: str, what: str, data: str | bytes) -> ResponseDecodeError:
+    return ResponseDecodeError(f"{provider}: {what}: {data[:200]!r}", provider=provider)
+
+
+def json_object(data: str | bytes, provider: str, subject: str) -> dict[str, Any]:
+    """``data`` parsed, which must be a JSON object; ``subject`` names it in errors."""
+    try:
+        parsed = json.loads(data)
+    except ValueError as exc:
+        raise decode_error(provider, f"{subject} is not JSON", data) from exc
+    if not isinstance(parsed, dict):
+        raise decode_error(provider, f"{subject} is not a JSON object", data)
+    return parsed
+
+
+def stream_ended_early(provider: str, missing: str) -> StreamInterrupted:
+    """The error for a stream that closed before ``missing``, its end marker, arrived."""
+    return StreamInterrupted(f"{provider}: the stream ended before {missing}", provider=provider)
+
+
+def new_completion_id() -> str:
+    # For vendors whose answers carry no id of their own.
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def new_tool_call_id() -> str:
+    # For vendors that rarely send call ids: OpenAI-style callers answer by id.
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def tool_call_delta(index: int, call_id: str, name: str, arguments: str) -> ChoiceDeltaToolCall:
+    """The delta that opens tool call ``index``."""
+    function = ChoiceDeltaFunctionCall(name=name, arguments=arguments)
+    return ChoiceDeltaToolCall(index=index, id=call_id, type="function", function=function)
+
+
+def compact_json(value: Any) -> str:
+    """Tool call arguments, which vendors send as objects, as OpenAI's JSON text."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def token_usage(prompt: int, completion: int) -> CompletionUsage:
+    return CompletionUsage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    )
+
+
+def completion_from_chunk(chunk: ChatCompletionChunk | None, provider: str) -> ChatCompletion:
+    """A non-streamed answer, read as one chunk, assembled as a stream would be."""
+    builder = CompletionBuilder()
+    if chunk is not None:
+        builder.add(chunk)
+    completion = builder.build()
+    set_provider(completion, provider)
+    return completion
+
+
+@asynccontextmanager
+async def translated_errors(
+    opened: AbstractAsyncContextManager[HTTPResponse],
+    translate: Callable[[APIStatusError], APIStatusError],
+) -> AsyncIterator[HTTPResponse]:
+    """``opened``'s response, with status errors (from the open or the body) translated.
+
+    ``translate`` returns the error itself when it has nothing to add.
+    """
+    try:
+        async with opened as response:
+            yield response
+    except APIStatusError as exc:
+        translated = translate(exc)
+        if translated is exc:
+            raise
+        raise translated from exc
+
+
+async def get_json(
+    http: HTTPClient,
+    url: str,
+    *,
+    provider: str,
+    headers: Mapping[str, str],
+    proxy_settings: ProxySettings | None,
+    params: Mapping[str, str] | None = None,
+) -> Any:
+    """The JSON body of ``GET url`` (a model list, a page of one)."""
+    async with http.open(
+        "GET",
+        url,
+        provider=provider,
+        headers=headers,
+        params=params,
+        proxy_settings=proxy_settings,
+    ) as response:
+        return await response.json()
+
+
+def objects_with_string(items: Iterable[Any], key: str) -> Iterator[dict[str, Any]]:
+    """The objects among ``items`` whose ``key`` is a string.
+
+    Anything else in a vendor's list is skipped rather than failing the whole list.
+    """
+    for item in items:
+        if isinstance(item, dict) and isinstance(item.get(key), str):
+            yield item
+
+
+def iso_timestamp(value: Any) -> int:
+    """Seconds since the epoch for an RFC 3339 time, else 0.
+
+    Fractions beyond microseconds (Ollama's times have nanoseconds) are cut first.
+    """
+    if not isinstance(value, str):
+        return 0
+    head, dot, rest = value.partition(".")
+    if dot:
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        value = f"{head}.{rest[: min(digits, 6)]}{rest[digits:]}"
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return 0

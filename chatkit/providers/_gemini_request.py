@@ -22,8 +22,22 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from chatkit._errors import InvalidRequestError, UnsupportedCapabilityError
+from chatkit._errors import UnsupportedCapabilityError
 from chatkit._request import ChatRequest
+from chatkit.providers._common import (
+    base64_data_url,
+    field_error,
+    first_unsupported_param,
+    function_declaration,
+    function_of_tool,
+    image_url_of,
+    json_schema_of,
+    merge_extra_body,
+    output_token_limit,
+    stop_sequences,
+    text_of,
+    tool_call_arguments,
+)
 
 __all__ = ["IGNORED_PARAMS", "MAPPED_PARAMS", "generate_content_body", "unsupported_param"]
 
@@ -71,15 +85,7 @@ _AUDIO_TYPES = {"wav": "audio/wav", "mp3": "audio/mp3"}
 
 def unsupported_param(request: ChatRequest) -> str | None:
     """The first parameter of ``request`` Gemini cannot honour, or None."""
-    for name, asks in _UNSUPPORTED.items():
-        value = request.params.get(name)
-        if value is not None and asks(value):
-            return name
-    return None
-
-
-def _fail(message: str, field: str) -> InvalidRequestError:
-    return InvalidRequestError(f"{field}: {message}", field=field)
+    return first_unsupported_param(request, _UNSUPPORTED)
 
 
 def generation(model: str) -> int | None:
@@ -91,24 +97,16 @@ def generation(model: str) -> int | None:
 # -- messages ---------------------------------------------------------------
 
 
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p["text"] for p in content if p.get("type") == "text")
-    return ""
-
-
 def _media_part(url: str, where: str) -> dict[str, Any]:
     """Data URLs go inline; other URLs become ``fileData`` the API fetches itself."""
     if url.startswith("data:"):
-        header, comma, data = url[5:].partition(",")
-        mime, _, encoding = header.partition(";")
-        if not comma or encoding != "base64" or not mime:
-            raise _fail("a data URL must be base64 (data:<type>;base64,...)", where)
+        parsed = base64_data_url(url)
+        if parsed is None:
+            raise field_error("a data URL must be base64 (data:<type>;base64,...)", where)
+        mime, data = parsed
         return {"inlineData": {"mimeType": mime, "data": data}}
     if urlsplit(url).scheme not in ("http", "https", "gs"):
-        raise _fail("a media URL must be a data: URL or an http(s) URL", where)
+        raise field_error("a media URL must be a data: URL or an http(s) URL", where)
     file_data = {"fileUri": url}
     guessed, _ = mimetypes.guess_type(urlsplit(url).path)
     if guessed:
@@ -127,9 +125,7 @@ def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
             if part["text"]:
                 parts.append({"text": part["text"]})
         elif kind == "image_url":
-            image = part["image_url"]
-            url = image["url"] if isinstance(image, Mapping) else image
-            parts.append(_media_part(url, f"{here}.image_url"))
+            parts.append(_media_part(image_url_of(part), f"{here}.image_url"))
         elif kind == "input_audio" and isinstance(part.get("input_audio"), Mapping):
             audio = part["input_audio"]
             mime = _AUDIO_TYPES.get(str(audio.get("format")), "audio/wav")
@@ -143,28 +139,17 @@ def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
     return parts
 
 
-def _arguments(function: Mapping[str, Any], where: str) -> dict[str, Any]:
-    raw = function.get("arguments") or "{}"
-    try:
-        parsed = json.loads(raw) if isinstance(raw, str) else raw
-    except ValueError:
-        parsed = None
-    if not isinstance(parsed, dict):
-        raise _fail("tool call arguments must be a JSON object", where)
-    return parsed
-
-
 def _model_parts(
     message: Mapping[str, Any], where: str, names: dict[str, str], signatures: bool
 ) -> list[dict[str, Any]]:
-    text = _text_of(message.get("content"))
+    text = text_of(message.get("content"))
     parts: list[dict[str, Any]] = [{"text": text}] if text else []
     for j, call in enumerate(message.get("tool_calls") or ()):
         function = call["function"]
         names[call["id"]] = function["name"]
         here = f"{where}.tool_calls[{j}].function.arguments"
         part: dict[str, Any] = {
-            "functionCall": {"name": function["name"], "args": _arguments(function, here)}
+            "functionCall": {"name": function["name"], "args": tool_call_arguments(function, here)}
         }
         extra = call.get("extra_content")
         google = extra.get("google") if isinstance(extra, Mapping) else None
@@ -187,12 +172,12 @@ def _function_response(
     else:  # the legacy "function" role names its function itself
         name, field = message.get("name"), f"{where}.name"
     if not isinstance(name, str) or not name:
-        raise _fail(
+        raise field_error(
             "Gemini answers a call by function name, and no earlier assistant tool call"
             " has this id",
             field,
         )
-    text = _text_of(message.get("content"))
+    text = text_of(message.get("content"))
     try:
         result: Any = json.loads(text)
     except ValueError:
@@ -216,7 +201,7 @@ def convert_messages(messages: list[dict[str, Any]], *, signatures: bool) -> dic
         where = f"messages[{i}]"
         role = message["role"]
         if role in ("system", "developer"):
-            text = _text_of(message.get("content"))
+            text = text_of(message.get("content"))
             if text:
                 system.append({"text": text})
             continue
@@ -234,7 +219,9 @@ def convert_messages(messages: list[dict[str, Any]], *, signatures: bool) -> dic
         else:
             contents.append({"role": gemini_role, "parts": parts})
     if not contents:
-        raise _fail("Gemini needs at least one non-empty user or assistant message", "messages")
+        raise field_error(
+            "Gemini needs at least one non-empty user or assistant message", "messages"
+        )
     body: dict[str, Any] = {"contents": contents}
     if system:
         body["systemInstruction"] = {"parts": system}
@@ -245,12 +232,8 @@ def convert_messages(messages: list[dict[str, Any]], *, signatures: bool) -> dic
 
 
 def _declaration(tool: Any, where: str) -> dict[str, Any]:
-    function = tool.get("function") if isinstance(tool, Mapping) else None
-    if not isinstance(function, Mapping) or tool.get("type", "function") != "function":
-        raise UnsupportedCapabilityError(f"{where}: Gemini takes function tools only", field=where)
-    declaration: dict[str, Any] = {"name": function.get("name")}
-    if function.get("description"):
-        declaration["description"] = function["description"]
+    function = function_of_tool(tool, where, "Gemini")
+    declaration = function_declaration(function)
     if function.get("parameters"):
         # parametersJsonSchema takes full JSON Schema ($defs, anyOf, ...), which
         # the OpenAPI-subset "parameters" field rejects.
@@ -264,7 +247,7 @@ def _calling_config(choice: Any) -> dict[str, Any]:
     function = choice.get("function") if isinstance(choice, Mapping) else None
     if isinstance(function, Mapping) and isinstance(function.get("name"), str):
         return {"mode": "ANY", "allowedFunctionNames": [function["name"]]}
-    raise _fail(
+    raise field_error(
         "must be 'auto', 'none', 'required' or {'type': 'function', 'function': {'name': ...}}",
         "tool_choice",
     )
@@ -275,19 +258,16 @@ def _response_format(config: dict[str, Any], response_format: Mapping[str, Any])
     if kind == "json_object":
         config["responseMimeType"] = "application/json"
     elif kind == "json_schema":
-        spec = response_format.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, Mapping) else None
-        if not isinstance(schema, Mapping):
-            raise _fail("json_schema needs json_schema.schema", "response_format")
+        schema = json_schema_of(response_format)
         config["responseMimeType"] = "application/json"
         config["responseJsonSchema"] = schema
     elif kind != "text":
-        raise _fail(f"unknown type {kind!r}", "response_format")
+        raise field_error(f"unknown type {kind!r}", "response_format")
 
 
 def _thinking(effort: str, gen: int | None) -> dict[str, Any]:
     if effort not in _THINKING_BUDGETS:
-        raise _fail(f"must be one of {sorted(_THINKING_BUDGETS)}", "reasoning_effort")
+        raise field_error(f"must be one of {sorted(_THINKING_BUDGETS)}", "reasoning_effort")
     if effort == "none":
         return {"thinkingBudget": 0}
     # Asking for reasoning also asks to see it, as delta.reasoning_content.
@@ -298,12 +278,12 @@ def _thinking(effort: str, gen: int | None) -> dict[str, Any]:
 
 def _generation_config(params: Mapping[str, Any], gen: int | None) -> dict[str, Any]:
     config = {_GENERATION_FIELDS[k]: v for k, v in params.items() if k in _GENERATION_FIELDS}
-    limit = params.get("max_completion_tokens", params.get("max_tokens"))
+    limit = output_token_limit(params)
     if limit is not None:
         config["maxOutputTokens"] = limit
     stop = params.get("stop")
     if stop is not None:
-        config["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+        config["stopSequences"] = stop_sequences(stop)
     if "response_format" in params:
         _response_format(config, params["response_format"])
     if "reasoning_effort" in params:
@@ -329,10 +309,5 @@ def generate_content_body(request: ChatRequest, *, model: str) -> dict[str, Any]
     config = _generation_config(params, gen)
     if config:
         body["generationConfig"] = config
-    for key, value in request.extra_body.items():
-        current = body.get(key)
-        if isinstance(value, Mapping) and isinstance(current, dict):
-            body[key] = {**current, **value}
-        else:
-            body[key] = value
+    merge_extra_body(body, request.extra_body)
     return body

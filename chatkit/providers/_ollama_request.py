@@ -13,12 +13,23 @@ parameters ``options`` takes: https://docs.ollama.com/modelfile#valid-parameters
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from chatkit._errors import InvalidRequestError, UnsupportedCapabilityError
+from chatkit._errors import UnsupportedCapabilityError
 from chatkit._request import ChatRequest
+from chatkit.providers._common import (
+    field_error,
+    first_unsupported_param,
+    function_of_tool,
+    image_url_of,
+    json_schema_of,
+    merge_extra_body,
+    output_token_limit,
+    stop_sequences,
+    text_of,
+    tool_call_arguments,
+)
 
 __all__ = ["chat_body", "unsupported_param"]
 
@@ -49,25 +60,12 @@ _THINK = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "hi
 
 def unsupported_param(request: ChatRequest) -> str | None:
     """The first parameter of ``request`` Ollama cannot honour, or None."""
-    for name, asks in _UNSUPPORTED.items():
-        value = request.params.get(name)
-        if value is not None and asks(value):
-            return name
-    return None
-
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p["text"] for p in content if p.get("type") == "text")
-    return ""
+    return first_unsupported_param(request, _UNSUPPORTED)
 
 
 def _image(part: Mapping[str, Any], where: str) -> str:
-    image = part["image_url"]
-    url: str = image["url"] if isinstance(image, Mapping) else image
-    header, comma, data = url.partition(",")
+    # Ollama wants only the payload, so no media type is needed (unlike base64_data_url).
+    header, comma, data = image_url_of(part).partition(",")
     if not (header.startswith("data:") and header.endswith(";base64") and comma):
         raise UnsupportedCapabilityError(
             f"{where}: Ollama takes images inline only: pass a data:<type>;base64,... URL",
@@ -102,16 +100,7 @@ def _tool_calls(calls: Any, where: str, names: dict[str, str]) -> list[dict[str,
     for j, call in enumerate(calls):
         function = call["function"]
         names[call["id"]] = function["name"]
-        raw = function.get("arguments") or "{}"
-        try:
-            arguments = json.loads(raw) if isinstance(raw, str) else raw
-        except ValueError:
-            arguments = None
-        if not isinstance(arguments, dict):
-            field = f"{where}.tool_calls[{j}].function.arguments"
-            raise InvalidRequestError(
-                f"{field}: tool call arguments must be a JSON object", field=field
-            )
+        arguments = tool_call_arguments(function, f"{where}.tool_calls[{j}].function.arguments")
         # Ollama's arguments are an object, not OpenAI's JSON string.
         converted.append({"function": {"name": function["name"], "arguments": arguments}})
     return converted
@@ -125,18 +114,18 @@ def _messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         role = message["role"]
         content = message.get("content")
         if role in ("system", "developer"):
-            converted.append({"role": "system", "content": _text_of(content)})
+            converted.append({"role": "system", "content": text_of(content)})
         elif role == "user":
             converted.append(_user_message(content, where))
         elif role == "assistant":
-            turn: dict[str, Any] = {"role": "assistant", "content": _text_of(content)}
+            turn: dict[str, Any] = {"role": "assistant", "content": text_of(content)}
             if message.get("tool_calls"):
                 turn["tool_calls"] = _tool_calls(message["tool_calls"], where, names)
             if isinstance(message.get("reasoning_content"), str):
                 turn["thinking"] = message["reasoning_content"]
             converted.append(turn)
         else:  # tool, or the legacy "function" role
-            result: dict[str, Any] = {"role": "tool", "content": _text_of(content)}
+            result: dict[str, Any] = {"role": "tool", "content": text_of(content)}
             name = names.get(message.get("tool_call_id") or "") or message.get("name")
             if name:
                 result["tool_name"] = name
@@ -145,11 +134,8 @@ def _messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _tool(tool: Any, where: str) -> dict[str, Any]:
-    function = tool.get("function") if isinstance(tool, Mapping) else None
-    if not isinstance(function, Mapping) or tool.get("type", "function") != "function":
-        raise UnsupportedCapabilityError(f"{where}: Ollama takes function tools only", field=where)
     # Ollama's tool objects are OpenAI's.
-    return {"type": "function", "function": dict(function)}
+    return {"type": "function", "function": dict(function_of_tool(tool, where, "Ollama"))}
 
 
 def _format(body: dict[str, Any], response_format: Mapping[str, Any]) -> None:
@@ -157,17 +143,9 @@ def _format(body: dict[str, Any], response_format: Mapping[str, Any]) -> None:
     if kind == "json_object":
         body["format"] = "json"
     elif kind == "json_schema":
-        spec = response_format.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, Mapping) else None
-        if not isinstance(schema, Mapping):
-            raise InvalidRequestError(
-                "response_format: json_schema needs json_schema.schema", field="response_format"
-            )
-        body["format"] = schema
+        body["format"] = json_schema_of(response_format)
     elif kind != "text":
-        raise InvalidRequestError(
-            f"response_format: unknown type {kind!r}", field="response_format"
-        )
+        raise field_error(f"unknown type {kind!r}", "response_format")
 
 
 def chat_body(
@@ -185,12 +163,12 @@ def chat_body(
     if tools and params.get("tool_choice") != "none":
         body["tools"] = [_tool(t, f"tools[{i}]") for i, t in enumerate(tools)]
     options = {_OPTIONS[k]: v for k, v in params.items() if k in _OPTIONS}
-    limit = params.get("max_completion_tokens", params.get("max_tokens"))
+    limit = output_token_limit(params)
     if limit is not None:
         options["num_predict"] = limit
     stop = params.get("stop")
     if stop is not None:
-        options["stop"] = [stop] if isinstance(stop, str) else list(stop)
+        options["stop"] = stop_sequences(stop)
     if options:
         body["options"] = options
     if "response_format" in params:
@@ -198,16 +176,9 @@ def chat_body(
     effort = params.get("reasoning_effort")
     if effort is not None:
         if effort not in _THINK:
-            raise InvalidRequestError(
-                f"reasoning_effort: must be one of {sorted(_THINK)}", field="reasoning_effort"
-            )
+            raise field_error(f"must be one of {sorted(_THINK)}", "reasoning_effort")
         body["think"] = _THINK[effort]
     if keep_alive is not None:
         body["keep_alive"] = keep_alive
-    for key, value in request.extra_body.items():
-        current = body.get(key)
-        if isinstance(value, Mapping) and isinstance(current, dict):
-            body[key] = {**current, **value}
-        else:
-            body[key] = value
+    merge_extra_body(body, request.extra_body)
     return body

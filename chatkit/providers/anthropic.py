@@ -19,14 +19,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Mapping
-from datetime import datetime
 from typing import Any, ClassVar
 
 from chatkit._errors import (
     APIStatusError,
     InvalidRequestError,
-    ResponseDecodeError,
-    StreamInterrupted,
     UnsupportedCapabilityError,
     error_from_event,
 )
@@ -49,7 +46,18 @@ from chatkit.providers._anthropic_request import (
     unsupported_param,
 )
 from chatkit.providers._base import Capabilities
-from chatkit.providers._common import resolve_endpoint, sse_batches
+from chatkit.providers._common import (
+    decode_error,
+    get_json,
+    iso_timestamp,
+    objects_with_string,
+    provider_repr,
+    resolve_endpoint,
+    sse_batches,
+    stream_ended_early,
+    token_usage,
+    tool_call_delta,
+)
 
 __all__ = ["Anthropic", "finish_reason"]
 
@@ -90,14 +98,7 @@ def _usage(*sources: Mapping[str, Any] | None) -> CompletionUsage:
         + merged.get("cache_creation_input_tokens", 0)
         + merged.get("cache_read_input_tokens", 0)
     )
-    completion = merged.get("output_tokens", 0)
-    return CompletionUsage(
-        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
-    )
-
-
-def _decode_error(provider: str, what: str, data: str | bytes) -> ResponseDecodeError:
-    return ResponseDecodeError(f"{provider}: {what}: {data[:200]!r}", provider=provider)
+    return token_usage(prompt, merged.get("output_tokens", 0))
 
 
 def _with_request_id(error: APIStatusError, request_id: str | None) -> APIStatusError:
@@ -142,14 +143,14 @@ class _StreamState:
         try:
             payload = json.loads(event.data)
         except ValueError:
-            raise _decode_error(self.provider, "stream event is not JSON", event.data) from None
+            raise decode_error(self.provider, "stream event is not JSON", event.data) from None
         if not isinstance(payload, dict):
-            raise _decode_error(self.provider, "stream event is not an object", event.data)
+            raise decode_error(self.provider, "stream event is not an object", event.data)
         kind = payload.get("type") or event.event
         try:
             return self._dispatch(kind, payload)
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise _decode_error(self.provider, f"malformed {kind} event", event.data) from exc
+            raise decode_error(self.provider, f"malformed {kind} event", event.data) from exc
 
     def _dispatch(self, kind: str, payload: dict[str, Any]) -> ChatCompletionChunk | None:
         if kind == "content_block_delta":
@@ -181,13 +182,8 @@ class _StreamState:
         kind = block["type"]
         if kind == "tool_use":
             ordinal = self.tool_index[index] = len(self.tool_index)
-            function = ChoiceDeltaFunctionCall(name=_text(block["name"], strict=True), arguments="")
-            call = ChoiceDeltaToolCall(
-                index=ordinal,
-                id=_text(block["id"], strict=True),
-                type="function",
-                function=function,
-            )
+            call_id = _text(block["id"], strict=True)
+            call = tool_call_delta(ordinal, call_id, _text(block["name"], strict=True), "")
             return self.chunk(ChoiceDelta(tool_calls=[call]))
         if kind == "text" and block.get("text"):
             return self.chunk(ChoiceDelta(content=_text(block["text"], strict=True)))
@@ -276,13 +272,7 @@ def _completion(message: dict[str, Any], provider: str) -> ChatCompletion:
 
 
 def _model(item: dict[str, Any], provider: str) -> Model:
-    created = 0
-    stamp = item.get("created_at")
-    if isinstance(stamp, str):
-        try:
-            created = int(datetime.fromisoformat(stamp).timestamp())
-        except ValueError:
-            created = 0
+    created = iso_timestamp(item.get("created_at"))
     extra = {k: v for k, v in item.items() if k not in ("id", "created_at", "type")}
     return Model(id=item["id"], created=created, owned_by="anthropic", provider=provider, **extra)
 
@@ -338,8 +328,7 @@ class Anthropic:
         self._headers = dict(default_headers or {})
 
     def __repr__(self) -> str:
-        key = "set" if self._endpoint.api_key else "none"
-        return f"{type(self).__name__}(base_url={self.base_url!r}, api_key={key})"
+        return provider_repr(type(self).__name__, self.base_url, self._endpoint.api_key)
 
     # -- requests ------------------------------------------------------------
 
@@ -399,9 +388,7 @@ class Anthropic:
                     if state.stopped:
                         return
         if not state.finished:
-            raise StreamInterrupted(
-                f"{self.name}: the stream ended before message_stop", provider=self.name
-            )
+            raise stream_ended_early(self.name, "message_stop")
 
     async def complete(self, request: ChatRequest, http: HTTPClient) -> ChatCompletion:
         async with self._open(http, request, stream=False) as response:
@@ -410,37 +397,32 @@ class Anthropic:
         try:
             message = json.loads(raw)
         except ValueError:
-            raise _decode_error(self.name, "response is not JSON", raw) from None
+            raise decode_error(self.name, "response is not JSON", raw) from None
         if isinstance(message, dict) and message.get("type") == "error":
             error = error_from_event(message, provider=self.name)
             raise _with_request_id(error, request_id)
         try:
             return _completion(message, self.name)
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise _decode_error(self.name, "response is not a Message", raw) from exc
+            raise decode_error(self.name, "response is not a Message", raw) from exc
 
     async def list_models(self, http: HTTPClient) -> list[Model]:
         """Every model the key can use, following the list's pages."""
         models: list[Model] = []
         params = {"limit": "1000"}
         while True:
-            async with http.open(
-                "GET",
+            page = await get_json(
+                http,
                 f"{self.base_url}/v1/models",
                 provider=self.name,
                 headers=self._headers_for("application/json"),
                 params=params,
                 proxy_settings=self.proxy_settings,
-            ) as response:
-                page = await response.json()
+            )
             items = page.get("data") if isinstance(page, dict) else None
             if not isinstance(items, list):
-                raise _decode_error(self.name, "model list has no data", json.dumps(page))
-            models.extend(
-                _model(item, self.name)
-                for item in items
-                if isinstance(item, dict) and isinstance(item.get("id"), str)
-            )
+                raise decode_error(self.name, "model list has no data", json.dumps(page))
+            models.extend(_model(item, self.name) for item in objects_with_string(items, "id"))
             last = page.get("last_id")
             if (
                 not page.get("has_more")

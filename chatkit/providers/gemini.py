@@ -18,20 +18,16 @@ end up in proxies' logs and in error messages.
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, suppress
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from chatkit._assemble import CompletionBuilder
 from chatkit._errors import (
     APIStatusError,
     AuthenticationError,
     ResponseDecodeError,
-    StreamInterrupted,
     UnsupportedCapabilityError,
     error_from_event,
 )
@@ -41,7 +37,6 @@ from chatkit._types import (
     ChatCompletion,
     ChatCompletionChunk,
     ChoiceDelta,
-    ChoiceDeltaFunctionCall,
     ChoiceDeltaToolCall,
     ChunkChoice,
     CompletionUsage,
@@ -49,7 +44,21 @@ from chatkit._types import (
     set_provider,
 )
 from chatkit.providers._base import Capabilities
-from chatkit.providers._common import resolve_endpoint, sse_batches
+from chatkit.providers._common import (
+    compact_json,
+    completion_from_chunk,
+    get_json,
+    json_object,
+    new_completion_id,
+    new_tool_call_id,
+    objects_with_string,
+    provider_repr,
+    resolve_endpoint,
+    sse_batches,
+    stream_ended_early,
+    tool_call_delta,
+    translated_errors,
+)
 from chatkit.providers._gemini_request import generate_content_body, unsupported_param
 
 __all__ = ["Gemini"]
@@ -114,8 +123,7 @@ class Gemini:
         self._headers = dict(default_headers or {})
 
     def __repr__(self) -> str:
-        key = "set" if self._api_key else "none"
-        return f"Gemini(base_url={self.base_url!r}, api_key={key})"
+        return provider_repr("Gemini", self.base_url, self._api_key)
 
     # -- before any I/O ------------------------------------------------------
 
@@ -148,31 +156,24 @@ class Gemini:
         resource = model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
         return f"{self.base_url}/{self.api_version}/{quote(resource, safe='/')}:{method}"
 
-    @asynccontextmanager
-    async def _post(
+    def _post(
         self, request: ChatRequest, http: HTTPClient, *, stream: bool
-    ) -> AsyncIterator[HTTPResponse]:
+    ) -> AbstractAsyncContextManager[HTTPResponse]:
         model = request.model or self.default_model
         params = {"alt": "sse"} if stream else {}
         params.update(request.extra_query)
         method = "streamGenerateContent" if stream else "generateContent"
         accept = "text/event-stream" if stream else "application/json"
-        try:
-            async with http.open(
-                "POST",
-                self._url(model, method),
-                provider=self.name,
-                headers=self._headers_for(accept, request.extra_headers),
-                json_body=self._body(request),
-                params=params or None,
-                proxy_settings=self.proxy_settings,
-            ) as response:
-                yield response
-        except APIStatusError as exc:
-            refined = _refine(exc)
-            if refined is exc:
-                raise
-            raise refined from exc
+        opened = http.open(
+            "POST",
+            self._url(model, method),
+            provider=self.name,
+            headers=self._headers_for(accept, request.extra_headers),
+            json_body=self._body(request),
+            params=params or None,
+            proxy_settings=self.proxy_settings,
+        )
+        return translated_errors(opened, _refine)
 
     async def stream(
         self, request: ChatRequest, http: HTTPClient
@@ -185,22 +186,13 @@ class Gemini:
                     if chunk is not None:
                         yield chunk
         if not reader.finished:
-            raise StreamInterrupted(
-                f"{self.name}: the stream ended before a finishReason", provider=self.name
-            )
+            raise stream_ended_early(self.name, "a finishReason")
 
     async def complete(self, request: ChatRequest, http: HTTPClient) -> ChatCompletion:
         async with self._post(request, http, stream=False) as response:
             raw = await response.read()
         chunk = _ResponseReader(self.name).read(_decode(raw, self.name))
-        builder = CompletionBuilder()
-        if chunk is not None:
-            builder.add(chunk)
-        completion = builder.build()
-        if chunk is not None:
-            _keep_tool_call_extras(completion, chunk)
-        set_provider(completion, self.name)
-        return completion
+        return completion_from_chunk(chunk, self.name)
 
     async def list_models(self, http: HTTPClient) -> list[Model]:
         """Models that can ``generateContent``, every page of them."""
@@ -208,15 +200,14 @@ class Gemini:
         token: str | None = None
         for _ in range(100):  # a bound on pages, in case a server keeps paging
             params = {"pageSize": "1000", **({"pageToken": token} if token else {})}
-            async with http.open(
-                "GET",
+            page = await get_json(
+                http,
                 f"{self.base_url}/{self.api_version}/models",
                 provider=self.name,
                 headers=self._headers_for("application/json"),
                 params=params,
                 proxy_settings=self.proxy_settings,
-            ) as response:
-                page = await response.json()
+            )
             if not isinstance(page, dict):
                 raise ResponseDecodeError(
                     f"{self.name}: model list is not an object", provider=self.name
@@ -232,16 +223,7 @@ class Gemini:
 
 
 def _decode(data: str | bytes, provider: str) -> dict[str, Any]:
-    try:
-        payload = json.loads(data)
-    except ValueError as exc:
-        raise ResponseDecodeError(
-            f"{provider}: response is not JSON: {data[:200]!r}", provider=provider
-        ) from exc
-    if not isinstance(payload, dict):
-        raise ResponseDecodeError(
-            f"{provider}: response is not a JSON object: {data[:200]!r}", provider=provider
-        )
+    payload = json_object(data, provider, "response")
     if "error" in payload:
         raise error_from_event(payload, provider=provider)
     return payload
@@ -257,7 +239,7 @@ class _ResponseReader:
 
     def __init__(self, provider: str) -> None:
         self.provider = provider
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.id = new_completion_id()
         self.model = ""
         self.created = int(time.time())
         self.finished = False
@@ -339,14 +321,9 @@ class _ResponseReader:
         call = part["functionCall"]
         position = self._tool_calls.get(candidate, 0)
         self._tool_calls[candidate] = position + 1
-        arguments = json.dumps(call.get("args") or {}, separators=(",", ":"), ensure_ascii=False)
-        delta = ChoiceDeltaToolCall(
-            index=position,
-            # Gemini rarely sends ids; OpenAI-style callers need one to answer with.
-            id=call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
-            type="function",
-            function=ChoiceDeltaFunctionCall(name=call.get("name", ""), arguments=arguments),
-        )
+        call_id = call.get("id") or new_tool_call_id()
+        arguments = compact_json(call.get("args") or {})
+        delta = tool_call_delta(position, call_id, call.get("name", ""), arguments)
         if part.get("thoughtSignature"):
             # Where Google's own OpenAI-compatible endpoint puts it, so the
             # signature survives a round trip through the caller's history.
@@ -370,21 +347,6 @@ def _usage(meta: dict[str, Any]) -> CompletionUsage:
     if cached:
         fields["prompt_tokens_details"] = {"cached_tokens": int(cached)}
     return CompletionUsage.model_validate(fields)
-
-
-def _keep_tool_call_extras(completion: ChatCompletion, chunk: ChatCompletionChunk) -> None:
-    """Copy ``extra_content`` (thought signatures), which the assembler drops."""
-    extras: dict[tuple[int, int], Any] = {}
-    for streamed in chunk.choices:
-        for delta in streamed.delta.tool_calls or ():
-            extra = getattr(delta, _EXTRA, None)
-            if extra is not None:
-                extras[(streamed.index, delta.index)] = extra
-    for choice in completion.choices:
-        for position, call in enumerate(choice.message.tool_calls or ()):
-            extra = extras.get((choice.index, position))
-            if extra is not None:
-                setattr(call, _EXTRA, extra)
 
 
 def _refine(error: APIStatusError) -> APIStatusError:
@@ -415,9 +377,7 @@ def _refine(error: APIStatusError) -> APIStatusError:
 
 
 def _models(items: Any, provider: str) -> Iterator[Model]:
-    for item in items or ():
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            continue
+    for item in objects_with_string(items or (), "name"):
         methods = item.get("supportedGenerationMethods")
         if isinstance(methods, list) and "generateContent" not in methods:
             continue  # embedding and other non-chat models

@@ -18,22 +18,17 @@ NDJSON is not SSE: lines are split here, from raw reads, with a size cap.
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
-from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
-from datetime import datetime
+from contextlib import AbstractAsyncContextManager, aclosing
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from chatkit._assemble import CompletionBuilder
 from chatkit._config import check_base_url, env_value
 from chatkit._errors import (
     APIStatusError,
     InvalidRequestError,
     ResponseDecodeError,
-    StreamInterrupted,
     UnsupportedCapabilityError,
     error_from_event,
 )
@@ -43,7 +38,6 @@ from chatkit._types import (
     ChatCompletion,
     ChatCompletionChunk,
     ChoiceDelta,
-    ChoiceDeltaFunctionCall,
     ChoiceDeltaToolCall,
     ChunkChoice,
     CompletionUsage,
@@ -51,7 +45,21 @@ from chatkit._types import (
     set_provider,
 )
 from chatkit.providers._base import Capabilities
-from chatkit.providers._common import resolve_endpoint
+from chatkit.providers._common import (
+    compact_json,
+    completion_from_chunk,
+    iso_timestamp,
+    json_object,
+    new_completion_id,
+    new_tool_call_id,
+    objects_with_string,
+    provider_repr,
+    resolve_endpoint,
+    stream_ended_early,
+    token_usage,
+    tool_call_delta,
+    translated_errors,
+)
 from chatkit.providers._ollama_request import chat_body, unsupported_param
 
 __all__ = ["Ollama", "ollama_base_url"]
@@ -138,8 +146,7 @@ class Ollama:
         self._headers = dict(default_headers or {})
 
     def __repr__(self) -> str:
-        key = "set" if self._api_key else "none"
-        return f"Ollama(base_url={self.base_url!r}, api_key={key})"
+        return provider_repr("Ollama", self.base_url, self._api_key)
 
     @classmethod
     def is_configured(cls) -> bool:
@@ -177,24 +184,17 @@ class Ollama:
         headers.update(extra or {})
         return headers
 
-    @asynccontextmanager
-    async def _open(
+    def _open(
         self, http: HTTPClient, method: str, path: str, **kwargs: Any
-    ) -> AsyncIterator[HTTPResponse]:
-        try:
-            async with http.open(
-                method,
-                f"{self.base_url}{path}",
-                provider=self.name,
-                proxy_settings=self.proxy_settings,
-                **kwargs,
-            ) as response:
-                yield response
-        except APIStatusError as exc:
-            restated = _restate(exc)
-            if restated is exc:
-                raise
-            raise restated from exc
+    ) -> AbstractAsyncContextManager[HTTPResponse]:
+        opened = http.open(
+            method,
+            f"{self.base_url}{path}",
+            provider=self.name,
+            proxy_settings=self.proxy_settings,
+            **kwargs,
+        )
+        return translated_errors(opened, _restate)
 
     def _chat(
         self, request: ChatRequest, http: HTTPClient, *, stream: bool
@@ -223,21 +223,13 @@ class Ollama:
                     if reader.finished:
                         break
         if not reader.finished:
-            raise StreamInterrupted(
-                f"{self.name}: the stream ended before its done line", provider=self.name
-            )
+            raise stream_ended_early(self.name, "its done line")
 
     async def complete(self, request: ChatRequest, http: HTTPClient) -> ChatCompletion:
         async with self._chat(request, http, stream=False) as response:
             raw = await response.read()
-        reader = _ChatReader(self.name)
-        builder = CompletionBuilder()
-        chunk = reader.read(_decode(raw, self.name))
-        if chunk is not None:
-            builder.add(chunk)
-        completion = builder.build()
-        set_provider(completion, self.name)
-        return completion
+        chunk = _ChatReader(self.name).read(_decode(raw, self.name))
+        return completion_from_chunk(chunk, self.name)
 
     async def list_models(self, http: HTTPClient) -> list[Model]:
         """The models pulled onto the server (``GET /api/tags``)."""
@@ -289,16 +281,7 @@ class _Lines:
 
 
 def _decode(line: bytes, provider: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(line)
-    except ValueError as exc:
-        raise ResponseDecodeError(
-            f"{provider}: response line is not JSON: {line[:200]!r}", provider=provider
-        ) from exc
-    if not isinstance(obj, dict):
-        raise ResponseDecodeError(
-            f"{provider}: response line is not a JSON object: {line[:200]!r}", provider=provider
-        )
+    obj = json_object(line, provider, "response line")
     if "error" in obj:
         # Ollama's errors are bare strings; give the event builder a message.
         raise error_from_event({"message": str(obj["error"])}, provider=provider)
@@ -327,7 +310,7 @@ class _ChatReader:
 
     def __init__(self, provider: str) -> None:
         self.provider = provider
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.id = new_completion_id()
         self.created = int(time.time())
         self.model = ""
         self.finished = False
@@ -348,10 +331,7 @@ class _ChatReader:
             raw = obj.get("done_reason") or "stop"
             reason = "tool_calls" if raw == "stop" and self._tool_calls else raw
             prompt = int(obj.get("prompt_eval_count") or 0)
-            completion = int(obj.get("eval_count") or 0)
-            self.usage = CompletionUsage(
-                prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
-            )
+            self.usage = token_usage(prompt, int(obj.get("eval_count") or 0))
         if not (content or thinking or calls or reason):
             return None
         delta = ChoiceDelta(
@@ -381,16 +361,11 @@ class _ChatReader:
             )
         arguments = function.get("arguments")
         if not isinstance(arguments, str):
-            # Ollama sends an object; OpenAI callers expect JSON text.
-            arguments = json.dumps(arguments or {}, separators=(",", ":"), ensure_ascii=False)
+            arguments = compact_json(arguments or {})
         index = self._tool_calls
         self._tool_calls += 1
-        return ChoiceDeltaToolCall(
-            index=index,
-            id=call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
-            type="function",
-            function=ChoiceDeltaFunctionCall(name=function.get("name", ""), arguments=arguments),
-        )
+        call_id = call.get("id") or new_tool_call_id()
+        return tool_call_delta(index, call_id, function.get("name", ""), arguments)
 
 
 def _restate(error: APIStatusError) -> APIStatusError:
@@ -408,30 +383,14 @@ def _restate(error: APIStatusError) -> APIStatusError:
 
 
 def _models(items: Any, provider: str) -> Iterator[Model]:
-    for item in items or ():
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            continue
+    for item in objects_with_string(items or (), "name"):
         fields = {k: item[k] for k in ("size", "digest", "details", "modified_at") if k in item}
         yield Model.model_validate(
             {
                 **fields,
                 "id": item["name"],
-                "created": _timestamp(item.get("modified_at")),
+                "created": iso_timestamp(item.get("modified_at")),
                 "owned_by": "ollama",
                 "provider": provider,
             }
         )
-
-
-def _timestamp(value: Any) -> int:
-    """Seconds since the epoch for Ollama's RFC 3339 times (nanosecond precision)."""
-    if not isinstance(value, str):
-        return 0
-    head, dot, rest = value.partition(".")
-    if dot:
-        digits = len(rest) - len(rest.lstrip("0123456789"))
-        value = f"{head}.{rest[: min(digits, 6)]}{rest[digits:]}"
-    try:
-        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
-    except ValueError:
-        return 0

@@ -13,20 +13,20 @@ from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
-from chatkit._config import check_base_url, env_value
-from chatkit._errors import (
-    InvalidRequestError,
-    MissingAuthError,
-    ResponseDecodeError,
-    StreamInterrupted,
-    error_from_event,
-)
+from chatkit._errors import ResponseDecodeError, error_from_event
 from chatkit._proxy import ProxySettings
 from chatkit._request import ChatRequest
 from chatkit._sse import SSEDecoder, SSEEvent
 from chatkit._transport import HTTPClient
 from chatkit._types import ChatCompletion, ChatCompletionChunk, Model, set_provider
 from chatkit.providers._base import Capabilities
+from chatkit.providers._common import (
+    get_json,
+    objects_with_string,
+    provider_repr,
+    resolve_endpoint,
+    stream_ended_early,
+)
 
 __all__ = ["OpenAI"]
 
@@ -60,32 +60,28 @@ class OpenAI:
         proxies: Mapping[str, str] | None = None,
         trust_env: bool = True,
     ) -> None:
-        if api_key is not None and not isinstance(api_key, str):
-            raise InvalidRequestError("api_key must be a string", field="api_key")
-        explicit_url = base_url is not None
-        url = base_url or env_value(*self.base_url_env) or self.default_base_url
-        self.base_url = check_base_url(url)
-        key = api_key or env_value(*self.api_key_env)
-        if key is None and self.requires_key and not explicit_url:
-            variable = self.api_key_env[0]
-            raise MissingAuthError(
-                f"{self.name} needs an API key: set {variable} or pass api_key=...",
-                provider=self.name,
-                env_var=variable,
-            )
-        self._api_key = key
+        endpoint = resolve_endpoint(
+            self.name,
+            api_key=api_key,
+            base_url=base_url,
+            api_key_env=self.api_key_env,
+            base_url_env=self.base_url_env,
+            default_base_url=self.default_base_url,
+            # An explicit base_url is often a local server, which rarely wants a key.
+            key_required=self.requires_key and base_url is None,
+            proxy=proxy,
+            proxies=proxies,
+            trust_env=trust_env,
+        )
+        self.base_url = endpoint.base_url
+        self._api_key = endpoint.api_key
         if default_model is not None:
             self.default_model = default_model
         self._headers = dict(default_headers or {})
-        self.proxy_settings: ProxySettings | None = None
-        if proxy is not None or proxies is not None:
-            self.proxy_settings = ProxySettings.create(
-                proxy=proxy, proxies=proxies, trust_env=trust_env
-            )
+        self.proxy_settings: ProxySettings | None = endpoint.proxy_settings
 
     def __repr__(self) -> str:
-        key = "set" if self._api_key else "none"
-        return f"{type(self).__name__}(base_url={self.base_url!r}, api_key={key})"
+        return provider_repr(type(self).__name__, self.base_url, self._api_key)
 
     def check_request(self, request: ChatRequest) -> None:
         """Fail before I/O when the request needs a capability this API lacks."""
@@ -168,9 +164,7 @@ class OpenAI:
                 set_provider(chunk_or_done, name)
                 yield chunk_or_done
         if not finished:
-            raise StreamInterrupted(
-                f"{name}: the stream ended before a finish_reason or [DONE]", provider=name
-            )
+            raise stream_ended_early(name, "a finish_reason or [DONE]")
 
     def _parse(self, event: str | SSEEvent) -> ChatCompletionChunk | None:
         """One event as a chunk; None for ``[DONE]``. Raises for error events."""
@@ -227,19 +221,17 @@ class OpenAI:
         return completion
 
     async def list_models(self, http: HTTPClient) -> list[Model]:
-        async with http.open(
-            "GET",
+        payload = await get_json(
+            http,
             f"{self.base_url}/models",
             provider=self.name,
             headers=self._auth_headers("application/json"),
             proxy_settings=self.proxy_settings,
-        ) as response:
-            payload = await response.json()
+        )
         items = payload.get("data", []) if isinstance(payload, dict) else []
         models = []
-        for item in items:
-            if isinstance(item, dict) and isinstance(item.get("id"), str):
-                model = Model.model_validate(item)
-                model.provider = self.name
-                models.append(model)
+        for item in objects_with_string(items, "id"):
+            model = Model.model_validate(item)
+            model.provider = self.name
+            models.append(model)
         return models
