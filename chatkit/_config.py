@@ -116,8 +116,10 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
 
 
-# Headers whose values are credentials, wherever a provider puts its key.
+# Headers whose values are credentials, wherever a provider puts its key:
+# these names, and any name ending like the vendors' ("x-goog-api-key", ...).
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key"})
+_SECRET_HEADER_ENDINGS = ("api-key", "-token", "-secret")
 
 
 def scrub(text: str, secrets: tuple[str, ...]) -> str:
@@ -160,7 +162,9 @@ def header_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
     """The credentials in request headers (whole values, and bearer tokens alone)."""
     found: list[str] = []
     for name, value in headers.items():
-        if name.lower() in _SECRET_HEADERS and value:
+        lowered = name.lower()
+        secret = lowered in _SECRET_HEADERS or lowered.endswith(_SECRET_HEADER_ENDINGS)
+        if secret and value:
             found.append(value)
             token = value.rpartition(" ")[2]
             if len(token) >= 8:

@@ -284,16 +284,18 @@ def _env_variable(name: str) -> tuple[str, str | None]:
     The lowercase variable wins over the uppercase one even when empty (so
     ``https_proxy=`` switches an inherited ``HTTPS_PROXY`` off), and
     ``HTTP_PROXY`` is ignored in a CGI request (``REQUEST_METHOD`` set), where
-    a client's ``Proxy:`` header would have set it (httpoxy).
+    a client's ``Proxy:`` header would have set it (httpoxy). Unlike urllib,
+    mixed-case names (``Http_Proxy``) are not read: finding them means
+    scanning the whole environment on every request, and curl ignores them too.
     """
     environ = os.environ
-    if name == "http" and "REQUEST_METHOD" in environ:
-        return "HTTP_PROXY", None
     lower = f"{name}_proxy"
     value = environ.get(lower)
     if value is not None:
         return lower, value or None
     upper = lower.upper()
+    if name == "http" and "REQUEST_METHOD" in environ:
+        return upper, None
     return upper, environ.get(upper) or None
 
 

@@ -138,20 +138,31 @@ def _check_tool_calls(calls: Any, where: str) -> None:
 _IMMUTABLE = (str, int, float, bool, type(None))
 
 
-def copy_json(value: Any) -> Any:
+def copy_json(value: Any, field_name: str = "request") -> Any:
     """A deep copy of JSON-shaped data, several times faster than ``copy.deepcopy``.
 
     Plain dicts, lists and tuples are rebuilt and immutable scalars shared;
     anything else (a dict subclass, a caller's own object) goes through
-    ``copy.deepcopy`` so its type and contents are kept as they were.
+    ``copy.deepcopy`` so its type and contents are kept as they were. Data
+    that refers to itself (or nests absurdly deep) cannot be sent as JSON:
+    that is an ``InvalidRequestError`` naming ``field_name``, before any I/O.
     """
+    try:
+        return _copy_json(value)
+    except RecursionError:
+        raise _fail(
+            "refers to itself (or nests too deeply) and cannot be sent as JSON", field_name
+        ) from None
+
+
+def _copy_json(value: Any) -> Any:
     kind = type(value)
     if kind is dict:
-        return {key: copy_json(item) for key, item in value.items()}
+        return {key: _copy_json(item) for key, item in value.items()}
     if kind is list:
-        return [copy_json(item) for item in value]
+        return [_copy_json(item) for item in value]
     if kind is tuple:
-        return tuple(copy_json(item) for item in value)
+        return tuple(_copy_json(item) for item in value)
     if kind in _IMMUTABLE:
         return value
     return copy.deepcopy(value)
@@ -180,7 +191,7 @@ def validate_messages(messages: object) -> list[dict[str, Any]]:
         name = message.get("name")
         if name is not None and not isinstance(name, str):
             raise _fail("name must be a string", f"{where}.name")
-    return [copy_json(dict(m)) for m in messages]
+    return [copy_json(dict(m), f"messages[{i}]") for i, m in enumerate(messages)]
 
 
 def _check_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -195,7 +206,7 @@ def _check_params(params: Mapping[str, Any]) -> dict[str, Any]:
         if wrong_bool or not isinstance(value, expected):
             names = " or ".join(t.__name__ for t in expected)
             raise _fail(f"must be {names}, got {type(value).__name__}", name)
-        checked[name] = copy_json(value)
+        checked[name] = copy_json(value, name)
     return checked
 
 
@@ -236,6 +247,6 @@ def build_request(
         params=_check_params(params),
         extra_headers=_check_str_map(extra_headers, "extra_headers"),
         extra_query=_check_str_map(extra_query, "extra_query"),
-        extra_body=copy_json(dict(extra_body or {})),
+        extra_body=copy_json(dict(extra_body or {}), "extra_body"),
         timeout=coerce_timeout(timeout),
     )

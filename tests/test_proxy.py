@@ -958,6 +958,7 @@ def test_seed_example_runs_through_an_authenticated_socks5_proxy() -> None:
         {"http_proxy": "", "all_proxy": "http://all:3"},
         {"HTTP_PROXY": "http://upper:1", "REQUEST_METHOD": "GET"},
         {"HTTPS_PROXY": "http://upper:1", "REQUEST_METHOD": "GET"},
+        {"http_proxy": "http://lower:1", "REQUEST_METHOD": "GET"},
         {"all_proxy": "http://a:1", "NO_PROXY": "api.example"},
         {"ALL_PROXY": "http://a:1", "no_proxy": "", "NO_PROXY": "*"},
         {"ALL_PROXY": "http://a:1", "NO_PROXY": "other.example"},

@@ -242,3 +242,21 @@ def test_copy_json_copies_every_level_and_keeps_foreign_types() -> None:
     assert type(copied["c"]) is OrderedDict and copied["c"]["x"] is not original["c"]["x"]
     copied["a"][1]["b"][1].append(4)
     assert original["a"][1]["b"][1] == [3]
+
+
+@pytest.mark.parametrize("where", ["messages[0]", "extra_body", "tools"])
+def test_data_that_refers_to_itself_is_refused_naming_the_field(where: str) -> None:
+    loop: dict[str, Any] = {"type": "function", "function": {"name": "f"}}
+    loop["function"]["parameters"] = loop
+    call: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
+    if where == "messages[0]":
+        call["messages"] = [{"role": "user", "content": "hi", "loop": loop}]
+    elif where == "extra_body":
+        call["extra_body"] = {"loop": loop}
+    else:
+        call["tools"] = [loop]
+    client = chatkit.Client(provider=OpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-x"))
+    with client, pytest.raises(InvalidRequestError, match="refers to itself") as caught:
+        client.chat.completions.create(model="m", **call)
+    assert caught.value.field == where
+    assert isinstance(caught.value, ValueError)

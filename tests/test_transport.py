@@ -540,3 +540,44 @@ async def test_an_unbounded_call_has_no_deadline() -> None:
         http = transport.call(timeout=Timeout(total=None))
         http.start()
         assert http.remaining() is None and http.deadline is None
+
+
+@pytest.mark.parametrize("provider_class", ["Gemini", "Anthropic", "OpenAI", "AzureOpenAI"])
+@pytest.mark.anyio
+async def test_a_vendor_key_header_never_reaches_the_error_chain(provider_class: str) -> None:
+    """aiohttp's redirect error shows the request headers in its repr.
+
+    Every vendor's key header must be scrubbed from what the caller sees.
+    """
+    import traceback
+
+    from aiohttp import web
+
+    import chatkit.providers as providers
+
+    key = "AIza-secret-key-0123456789"
+
+    async def redirect_forever(request: web.Request) -> web.Response:
+        raise web.HTTPFound(str(request.url))
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", redirect_forever)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        kind = getattr(providers, provider_class)
+        extra = {"api_version": "2024-10-21"} if provider_class == "AzureOpenAI" else {}
+        provider = kind(base_url=base_url, api_key=key, **extra)
+        async with chatkit.AsyncClient(provider=provider, max_retries=0) as client:
+            with pytest.raises(chatkit.APIConnectionError) as caught:
+                await client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": "x"}]
+                )
+    finally:
+        await runner.cleanup()
+    chain = "".join(traceback.format_exception(caught.value))
+    chain += repr(caught.value.__cause__) + str(caught.value.__cause__)
+    assert "Redirect" in chain  # the cause is still described
+    assert key not in chain
