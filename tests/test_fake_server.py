@@ -821,3 +821,27 @@ def test_cli_behavior_from_args() -> None:
     assert cli.behavior_from_args(args).chunks == ["", "", ""]
     args = cli._parser().parse_args([])
     assert cli.behavior_from_args(args).chunks is None
+
+
+@pytest.mark.parametrize("vendor", ["OpenAI", "Anthropic", "Gemini", "Ollama"])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_scripted_status_is_served_whatever_the_success_fields_hold(
+    vendor: str, stream: bool
+) -> None:
+    """The answer is only built for a success: a bad tool call can't turn a 503 into a 500."""
+    import chatkit
+    import chatkit.providers as providers
+    import chatkit.testing as testing
+
+    server_class = getattr(testing, f"Fake{vendor}Server")
+    failing = Behavior(status=503, tool_calls=[{"not": "a tool call"}])
+    async with server_class(behavior=failing) as server:
+        vendor_class = getattr(providers, vendor)
+        provider = vendor_class(api_key="sk-test-0123456789", base_url=server.base_url)
+        async with chatkit.AsyncClient(provider=provider, max_retries=0) as client:
+            with pytest.raises(chatkit.InternalServerError) as caught:
+                reply = client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": "hi"}], stream=stream
+                )
+                await reply
+    assert caught.value.status_code == 503

@@ -390,9 +390,6 @@ class FakeOpenAIServer:
             if request.transport is not None:
                 request.transport.close()
 
-        # Built before the faults are looked at, so that numbering answers
-        # (Gemini's responseId) counts the failed ones too.
-        answer = self._build_answer(request, body, behavior)
         if behavior.reset:
             close_connection()
             # Nothing reaches the wire: aiohttp fails to write to the closed
@@ -401,6 +398,9 @@ class FakeOpenAIServer:
         headers = self._response_headers(behavior)
         if behavior.status is not None:
             return self._status_error(behavior, body, headers)
+        # Built only now: a scripted failure answers even when the Behavior's
+        # success fields (unused then) could not be turned into an answer.
+        answer = self._build_answer(request, body, behavior)
         if not answer.stream:
             return await _complete(request, answer, headers, close_connection)
 
