@@ -845,3 +845,32 @@ async def test_a_scripted_status_is_served_whatever_the_success_fields_hold(
                 )
                 await reply
     assert caught.value.status_code == 503
+
+
+@pytest.mark.parametrize(
+    ("vendor", "shape"),
+    [
+        ("OpenAI", {"message", "type", "param", "code"}),
+        ("Anthropic", {"type", "message"}),
+        ("Gemini", {"code", "message", "status"}),
+        ("Ollama", {"error"}),
+    ],
+)
+async def test_a_malformed_override_gets_the_vendors_own_error_shape(
+    vendor: str, shape: set[str]
+) -> None:
+    import chatkit
+    import chatkit.providers as providers
+    import chatkit.testing as testing
+
+    async with getattr(testing, f"Fake{vendor}Server")() as server:
+        vendor_class = getattr(providers, vendor)
+        provider = vendor_class(api_key="sk-test-0123456789", base_url=server.base_url)
+        async with chatkit.AsyncClient(provider=provider, max_retries=0) as client:
+            with pytest.raises(chatkit.BadRequestError, match="x-fake-behavior") as caught:
+                await client.chat.completions.create(
+                    model="m",
+                    messages=[{"role": "user", "content": "hi"}],
+                    extra_headers={"x-fake-behavior": "not json"},
+                )
+    assert isinstance(caught.value.body, dict) and set(caught.value.body) == shape

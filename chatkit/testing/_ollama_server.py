@@ -244,6 +244,9 @@ class FakeOllamaServer(FakeOpenAIServer):
             error=_error,
         )
 
+    def _bad_override(self, message: str) -> web.Response:
+        return _error(400, message)
+
     def _build_answer(
         self, request: web.Request, body: dict[str, Any], behavior: Behavior
     ) -> _Answer:
