@@ -12,7 +12,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import _vendor_support
 import pytest
+from _vendor_support import (
+    ANSWER,
+    HELLO,
+    PNG,
+    WEATHER_TOOL,
+    VendorCalls,
+    collect,
+    fake_server_fixture,
+)
 from aiohttp import web
 
 import chatkit
@@ -35,66 +45,19 @@ from chatkit.providers import PROVIDERS, Anthropic
 from chatkit.providers._anthropic_request import IGNORED_PARAMS, MAPPED_PARAMS, UNSUPPORTED_PARAMS
 from chatkit.providers._common import resolve_endpoint
 from chatkit.providers.anthropic import _model, _usage, finish_reason
-from chatkit.testing import Behavior, FakeAnthropicServer, RecordedRequest
+from chatkit.testing import Behavior, FakeAnthropicServer
 
 pytestmark = pytest.mark.anyio
 
 KEY = "sk-ant-test"
-HELLO = [{"role": "user", "content": "Hello"}]
-ANSWER = "Hello! How can I help you today?"
-PNG = "iVBORw0KGgoAAAANSUhEUg=="
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[FakeAnthropicServer]:
-    async with FakeAnthropicServer(api_key=KEY) as running:
-        yield running
-
-
-def client_for(server: FakeAnthropicServer, **kwargs: Any) -> chatkit.AsyncClient:
-    retries = kwargs.pop("max_retries", 0)
-    timeout = kwargs.pop("timeout", None)
-    provider = Anthropic(api_key=KEY, base_url=server.base_url, **kwargs)
-    return chatkit.AsyncClient(provider=provider, max_retries=retries, timeout=timeout)
-
-
-async def sent(server: FakeAnthropicServer, **create: Any) -> RecordedRequest:
-    """Make one non-streamed call and return the request the server received."""
-    create.setdefault("messages", HELLO)
-    async with client_for(server) as client:
-        await client.chat.completions.create(model="claude-test", **create)
-    return server.requests[-1]
-
-
-async def sent_body(server: FakeAnthropicServer, **create: Any) -> dict[str, Any]:
-    body: dict[str, Any] = (await sent(server, **create)).json
-    return body
-
-
-async def refused(server: FakeAnthropicServer, error: type[Exception], **create: Any) -> Exception:
-    """The call fails with ``error`` before anything reaches the server."""
-    create.setdefault("messages", HELLO)
-    async with client_for(server) as client:
-        with pytest.raises(error) as caught:
-            await client.chat.completions.create(model="claude-test", **create)
-    assert server.requests == []
-    return caught.value
-
-
-async def collect(stream: chatkit.AsyncChatStream) -> list[chatkit.ChatCompletionChunk]:
-    return [chunk async for chunk in stream]
+server = fake_server_fixture(FakeAnthropicServer, api_key=KEY)
+ANTHROPIC = VendorCalls(Anthropic, model="claude-test", api_key=KEY)
+client_for = ANTHROPIC.client_for
+sent = ANTHROPIC.sent
+sent_body = ANTHROPIC.sent_body
+refused = ANTHROPIC.refused
 
 
 # -- configuration ------------------------------------------------------------
@@ -799,16 +762,8 @@ async def raw_server(body: bytes, content_type: str = "text/event-stream") -> As
     async def handler(request: web.Request) -> web.Response:
         return web.Response(body=body, content_type=content_type, headers={"request-id": "req_raw"})
 
-    app = web.Application()
-    app.router.add_post("/v1/messages", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with _vendor_support.raw_server(handler, method="POST", path="/v1/messages") as url:
+        yield url
 
 
 def sse(kind: str, obj: Any) -> bytes:

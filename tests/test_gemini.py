@@ -14,6 +14,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from _vendor_support import (
+    ANSWER,
+    HELLO,
+    PNG,
+    VendorCalls,
+    fake_server_fixture,
+    raw_server,
+)
+from _vendor_support import WEATHER_CALL as CALL
+from _vendor_support import WEATHER_TOOL as WEATHER
 from aiohttp import web
 
 import chatkit
@@ -32,98 +42,20 @@ from chatkit import (
     UnsupportedCapabilityError,
 )
 from chatkit.providers import DEFAULT_ORDER, PROVIDERS, Gemini, default_provider_class
-from chatkit.testing import Behavior, FakeGeminiServer, RecordedRequest
+from chatkit.testing import Behavior, FakeGeminiServer
 
 pytestmark = pytest.mark.anyio
 
 KEY = "AIza-test-key"
-HELLO = [{"role": "user", "content": "Hello"}]
-ANSWER = "Hello! How can I help you today?"
-PNG = "iVBORw0KGgoAAAANSUhEUg=="
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
-CALL = {
-    "id": "call_1",
-    "type": "function",
-    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-}
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[FakeGeminiServer]:
-    async with FakeGeminiServer(api_key=KEY) as running:
-        yield running
-
-
-def client_for(server: Any, **kwargs: Any) -> chatkit.AsyncClient:
-    retries = kwargs.pop("max_retries", 0)
-    kwargs.setdefault("api_key", KEY)
-    provider = Gemini(base_url=server.base_url if hasattr(server, "base_url") else server, **kwargs)
-    return chatkit.AsyncClient(provider=provider, max_retries=retries)
-
-
-async def sent(server: FakeGeminiServer, **create: Any) -> RecordedRequest:
-    """Make one non-streamed call and return the request the server received."""
-    create.setdefault("messages", HELLO)
-    create.setdefault("model", "gemini-2.5-flash")
-    async with client_for(server) as client:
-        await client.chat.completions.create(**create)
-    return server.requests[-1]
-
-
-async def sent_body(server: FakeGeminiServer, **create: Any) -> dict[str, Any]:
-    body: dict[str, Any] = (await sent(server, **create)).json
-    return body
-
-
-async def refused(server: FakeGeminiServer, error: type[Exception], **create: Any) -> Exception:
-    """The call fails with ``error`` before anything reaches the server."""
-    create.setdefault("messages", HELLO)
-    before = len(server.requests)
-    async with client_for(server) as client:
-        with pytest.raises(error) as caught:
-            await client.chat.completions.create(model="gemini-2.5-flash", **create)
-    assert len(server.requests) == before
-    return caught.value
-
-
-async def stream(server: Any, **create: Any) -> chatkit.AsyncChatStream:
-    """A finished stream (iterated to the end) from a fresh client."""
-    create.setdefault("messages", HELLO)
-    create.setdefault("model", "gemini-2.5-flash")
-    retries = create.pop("max_retries", 0)
-    async with (
-        client_for(server, max_retries=retries) as client,
-        client.chat.completions.create(stream=True, **create) as result,
-    ):
-        result.chunks = [chunk async for chunk in result]  # type: ignore[attr-defined]
-    return result
-
-
-@asynccontextmanager
-async def raw_server(
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-) -> AsyncIterator[str]:
-    """A bare aiohttp server answering every request with ``handler``; yields its URL."""
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+server = fake_server_fixture(FakeGeminiServer, api_key=KEY)
+GEMINI = VendorCalls(Gemini, model="gemini-2.5-flash", api_key=KEY)
+client_for = GEMINI.client_for
+sent = GEMINI.sent
+sent_body = GEMINI.sent_body
+refused = GEMINI.refused
+stream = GEMINI.stream
 
 
 def sse_answer(*events: dict[str, Any]) -> Callable[[web.Request], Awaitable[web.Response]]:

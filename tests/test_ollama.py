@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
+from _vendor_support import ANSWER, HELLO, PNG, VendorCalls, fake_server_fixture, raw_server
+from _vendor_support import WEATHER_CALL as CALL
 from aiohttp import web
 
 import chatkit
@@ -33,13 +34,10 @@ from chatkit import (
 )
 from chatkit.providers import DEFAULT_ORDER, PROVIDERS, Ollama, default_provider_class
 from chatkit.providers.ollama import ollama_base_url
-from chatkit.testing import Behavior, FakeOllamaServer, RecordedRequest
+from chatkit.testing import Behavior, FakeOllamaServer
 
 pytestmark = pytest.mark.anyio
 
-HELLO = [{"role": "user", "content": "Hello"}]
-ANSWER = "Hello! How can I help you today?"
-PNG = "iVBORw0KGgoAAAANSUhEUg=="
 WEATHER = {
     "type": "function",
     "function": {
@@ -48,11 +46,6 @@ WEATHER = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
     },
 }
-CALL = {
-    "id": "call_1",
-    "type": "function",
-    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-}
 
 
 @pytest.fixture(autouse=True)
@@ -60,70 +53,13 @@ def _no_ollama_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OLLAMA_API_KEY", raising=False)
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[FakeOllamaServer]:
-    async with FakeOllamaServer() as running:
-        yield running
-
-
-def client_for(server: Any, **kwargs: Any) -> chatkit.AsyncClient:
-    retries = kwargs.pop("max_retries", 0)
-    url = server.base_url if isinstance(server, FakeOllamaServer) else server
-    return chatkit.AsyncClient(provider=Ollama(base_url=url, **kwargs), max_retries=retries)
-
-
-async def sent(server: FakeOllamaServer, **create: Any) -> RecordedRequest:
-    """Make one non-streamed call and return the request the server received."""
-    create.setdefault("messages", HELLO)
-    create.setdefault("model", "llama3.2")
-    async with client_for(server) as client:
-        await client.chat.completions.create(**create)
-    return server.requests[-1]
-
-
-async def sent_body(server: FakeOllamaServer, **create: Any) -> dict[str, Any]:
-    body: dict[str, Any] = (await sent(server, **create)).json
-    return body
-
-
-async def refused(server: FakeOllamaServer, error: type[Exception], **create: Any) -> Exception:
-    """The call fails with ``error`` before anything reaches the server."""
-    create.setdefault("messages", HELLO)
-    before = len(server.requests)
-    async with client_for(server) as client:
-        with pytest.raises(error) as caught:
-            await client.chat.completions.create(model="llama3.2", **create)
-    assert len(server.requests) == before
-    return caught.value
-
-
-async def stream(server: Any, **create: Any) -> chatkit.AsyncChatStream:
-    """A finished stream (iterated to the end) from a fresh client."""
-    create.setdefault("messages", HELLO)
-    create.setdefault("model", "llama3.2")
-    retries = create.pop("max_retries", 0)
-    async with (
-        client_for(server, max_retries=retries) as client,
-        client.chat.completions.create(stream=True, **create) as result,
-    ):
-        result.chunks = [chunk async for chunk in result]  # type: ignore[attr-defined]
-    return result
-
-
-@asynccontextmanager
-async def raw_server(
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-) -> AsyncIterator[str]:
-    """A bare aiohttp server answering every request with ``handler``; yields its URL."""
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+server = fake_server_fixture(FakeOllamaServer)
+OLLAMA = VendorCalls(Ollama, model="llama3.2")
+client_for = OLLAMA.client_for
+sent = OLLAMA.sent
+sent_body = OLLAMA.sent_body
+refused = OLLAMA.refused
+stream = OLLAMA.stream
 
 
 def ndjson(*pieces: bytes, pause: bool = False) -> Callable[[web.Request], Awaitable[Any]]:
