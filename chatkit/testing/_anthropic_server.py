@@ -389,10 +389,9 @@ class FakeAnthropicServer(FakeOpenAIServer):
             request,
             unparsable="There was an issue with your request body: invalid JSON",
             invalid=invalid_request,
-            error=_error,
         )
 
-    def _bad_override(self, message: str) -> web.Response:
+    def _bad_request(self, message: str) -> web.Response:
         return _error(400, message)
 
     def _build_answer(

@@ -371,7 +371,6 @@ class FakeGeminiServer(FakeOpenAIServer):
             request,
             unparsable="Invalid JSON payload received.",
             invalid=invalid_request,
-            error=_error,
         )
 
     def _build_answer(
@@ -403,5 +402,5 @@ class FakeGeminiServer(FakeOpenAIServer):
         error = error_body(status, f"Fake error: HTTP {status}.", kind, details)
         return web.json_response(error, status=status, headers=headers)
 
-    def _bad_override(self, message: str) -> web.Response:
+    def _bad_request(self, message: str) -> web.Response:
         return _error(400, message)

@@ -241,10 +241,9 @@ class FakeOllamaServer(FakeOpenAIServer):
             request,
             unparsable="invalid character in request body",
             invalid=invalid_request,
-            error=_error,
         )
 
-    def _bad_override(self, message: str) -> web.Response:
+    def _bad_request(self, message: str) -> web.Response:
         return _error(400, message)
 
     def _build_answer(

@@ -341,16 +341,15 @@ class FakeOpenAIServer:
         *,
         unparsable: str,
         invalid: Callable[[Any], str | None],
-        error: Callable[[int, str], web.Response],
     ) -> web.StreamResponse:
-        """`_serve` a JSON body that `invalid` finds no fault with, else a 400 from `error`."""
+        """`_serve` a JSON body that `invalid` finds no fault with, else the vendor's 400."""
         try:
             body = json.loads(await request.read())
         except ValueError:
-            return error(400, unparsable)
+            return self._bad_request(unparsable)
         problem = invalid(body)
         if problem is not None:
-            return error(400, problem)
+            return self._bad_request(problem)
         return await self._serve(request, body)
 
     async def _serve(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
@@ -359,7 +358,7 @@ class FakeOpenAIServer:
         try:
             fields = parse_override(override) if override is not None else {}
         except ValueError as exc:
-            return self._bad_override(str(exc))
+            return self._bad_request(str(exc))
         # A copy: the scripted or default Behavior stays as the test wrote it.
         behavior = dataclasses.replace(self._next_behavior(), **fields)
 
@@ -446,8 +445,8 @@ class FakeOpenAIServer:
             error_body(message, error_type), status=behavior.status, headers=headers
         )
 
-    def _bad_override(self, message: str) -> web.Response:
-        """The answer to an ``x-fake-behavior`` header that is no Behavior."""
+    def _bad_request(self, message: str) -> web.Response:
+        """A 400 in the vendor's error shape (a bad body or ``x-fake-behavior`` header)."""
         return _bad_request(message, None)
 
 
