@@ -12,7 +12,9 @@ from urllib.parse import urlsplit, urlunsplit
 from chatkit._errors import InvalidRequestError
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "DEFAULT_TIMEOUT",
+    "Limits",
     "RedactedCause",
     "Timeout",
     "check_base_url",
@@ -35,6 +37,8 @@ def _check_seconds(value: object, field: str) -> float | None:
         )
     if math.isnan(value) or value <= 0:
         raise InvalidRequestError(f"{field} must be > 0 seconds, got {value!r}", field=field)
+    if math.isinf(value):
+        return None  # infinity means what None means: no limit
     return float(value)
 
 
@@ -46,15 +50,18 @@ class Timeout:
     read: the longest silence between bytes of a response.
     first_token: the longest wait, per attempt, for the first content of an answer.
     total: the whole call, every retry and backoff sleep included.
+    pool: the longest wait for a free connection when the pool (``Limits``) is
+        full; None waits as long as the call's ``total`` allows.
     """
 
     connect: float | None = 10.0
     read: float | None = 60.0
     first_token: float | None = None
     total: float | None = 600.0
+    pool: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("connect", "read", "first_token", "total"):
+        for name in ("connect", "read", "first_token", "total", "pool"):
             object.__setattr__(self, name, _check_seconds(getattr(self, name), f"timeout.{name}"))
 
     def with_total(self, total: float | None) -> Timeout:
@@ -62,6 +69,37 @@ class Timeout:
 
 
 DEFAULT_TIMEOUT = Timeout()
+
+
+def _check_count(value: object, field: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequestError(
+            f"{field} must be an integer >= 1 or None (no limit), got {value!r}", field=field
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How many connections one client keeps open at once; ``None`` means no limit.
+
+    max_connections: across every host.
+    max_connections_per_host: to one host (scheme, host and port), so that a
+        slow provider cannot hold every connection and starve a fallback to
+        another host.
+    """
+
+    max_connections: int | None = 512
+    max_connections_per_host: int | None = 256
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "max_connections_per_host"):
+            _check_count(getattr(self, name), f"limits.{name}")
+
+
+DEFAULT_LIMITS = Limits()
 
 
 def coerce_timeout(value: object, field: str = "timeout") -> Timeout | None:

@@ -3,7 +3,8 @@
 Names follow openai-python so ported ``except`` clauses keep working, plus the
 g4f names users already catch::
 
-    ChatkitError
+    ChatkitError (alias OpenAIError)
+    ├── ClientClosedError (RuntimeError)              the client was closed; not retried
     ├── InvalidRequestError (ValueError, TypeError)   bad input, raised before any I/O
     │   ├── ProviderNotFoundError
     │   ├── ModelNotFoundError
@@ -23,10 +24,12 @@ g4f names users already catch::
         │       └── OverloadedError        529 / overloaded_error
         ├── APIConnectionError                        no usable response
         │   ├── APITimeoutError (TimeoutError)
+        │   │   └── PoolTimeoutError                  no free connection in time (Timeout.pool)
         │   ├── ProxyError
         │   └── StreamInterrupted                     the stream broke off; carries partial text
         ├── ResponseDecodeError                       the provider sent something unparseable
-        │   └── SSEDecodeError                        an SSE line or event over the size cap
+        │   ├── SSEDecodeError                        an SSE line or event over the size cap
+        │   └── ResponseTooLargeError                 a body over its size cap
         └── RetryProviderError                        every attempt failed; carries them all
             └── RetryNoProviderError                  nothing to try: empty list, all skipped
 
@@ -48,19 +51,23 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ChatkitError",
+    "ClientClosedError",
     "ConflictError",
     "InternalServerError",
     "InvalidRequestError",
     "MissingAuthError",
     "ModelNotFoundError",
     "NotFoundError",
+    "OpenAIError",
     "OverloadedError",
     "PermissionDeniedError",
+    "PoolTimeoutError",
     "ProviderNotFoundError",
     "ProxyConfigError",
     "ProxyError",
     "RateLimitError",
     "ResponseDecodeError",
+    "ResponseTooLargeError",
     "RetryNoProviderError",
     "RetryProviderError",
     "SSEDecodeError",
@@ -74,6 +81,14 @@ __all__ = [
 
 class ChatkitError(Exception):
     """Base class of every chatkit exception."""
+
+
+# Ported ``except openai.OpenAIError`` clauses keep working.
+OpenAIError = ChatkitError
+
+
+class ClientClosedError(ChatkitError, RuntimeError):
+    """The client was closed; a closed client makes no more calls (never retried)."""
 
 
 class InvalidRequestError(ChatkitError, ValueError, TypeError):
@@ -185,6 +200,10 @@ class APITimeoutError(APIConnectionError, TimeoutError):
     """A connect, read, first-token or total timeout expired."""
 
 
+class PoolTimeoutError(APITimeoutError):
+    """Every connection of the pool stayed busy for longer than ``Timeout.pool``."""
+
+
 class ProxyError(APIConnectionError):
     """The proxy was unreachable, refused the credentials or refused the tunnel."""
 
@@ -220,6 +239,10 @@ class ResponseDecodeError(APIError):
 
 class SSEDecodeError(ResponseDecodeError):
     """An SSE line or event exceeded the size cap."""
+
+
+class ResponseTooLargeError(ResponseDecodeError):
+    """A response body (after decompression) exceeded its size cap."""
 
 
 class RetryProviderError(APIError):
