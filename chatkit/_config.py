@@ -18,6 +18,7 @@ __all__ = [
     "RedactedCause",
     "Timeout",
     "check_base_url",
+    "check_header_value",
     "coerce_timeout",
     "env_value",
     "header_secrets",
@@ -126,14 +127,39 @@ def check_base_url(url: object, field: str = "base_url") -> str:
     """Validate an API base URL and return it without a trailing slash."""
     if not isinstance(url, str):
         raise InvalidRequestError(f"{field} must be a string URL", field=field)
-    parts = urlsplit(url)
-    if parts.scheme not in _SCHEMES or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        hostname = None
+    if (
+        hostname is None
+        or parts.scheme not in _SCHEMES
+        or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url)
+    ):
         raise InvalidRequestError(
             f"{field} must be an absolute http(s) URL such as http://127.0.0.1:8000/v1,"
             f" got {redact_url(url)!r}",
             field=field,
         )
     return url.rstrip("/")
+
+
+def check_header_value(value: object, field: str) -> str:
+    """A header value as it may be sent: a string without CR, LF, NUL or edge whitespace.
+
+    The value is never quoted in the error: it is often a key.
+    """
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"{field} must be a string", field=field)
+    if value != value.strip() or any(c in value for c in "\r\n\0"):
+        raise InvalidRequestError(
+            f"{field} must not contain line breaks, NUL, or leading or trailing whitespace"
+            " (a key copied with its newline?)",
+            field=field,
+        )
+    return value
 
 
 _USERINFO = re.compile(r"//[^/@\s]*@")
