@@ -42,6 +42,8 @@ class _ChoiceParts:
     refusal: list[str] = field(default_factory=list)
     tool_calls: dict[int, _ToolCallParts] = field(default_factory=dict)
     finish_reason: str | None = None
+    # Per-token logprobs, by kind ("content", "refusal"), in arrival order.
+    logprobs: dict[str, list[object]] | None = None
 
 
 class CompletionBuilder:
@@ -79,6 +81,8 @@ class CompletionBuilder:
             finish_reason = choice.finish_reason
             if finish_reason is not None:
                 parts.finish_reason = finish_reason
+            if choice.logprobs is not None:
+                _add_logprobs(parts, choice.logprobs)
 
     def _add_other(self, parts: _ChoiceParts, delta: ChoiceDelta) -> None:
         if delta.role:
@@ -141,14 +145,27 @@ class CompletionBuilder:
                 )
                 for _, call in sorted(parts.tool_calls.items())
             ]
+            refusal = "".join(parts.refusal) or None
+            # As in a non-streamed answer: no content at all is None when the
+            # answer was a refusal or tool calls, "" when it was simply empty.
+            content: str | None = "".join(parts.content)
+            if not content and (tool_calls or refusal):
+                content = None
             message = ChatCompletionMessage(
                 role=parts.role,
-                content="".join(parts.content) if parts.content or not tool_calls else None,
+                content=content,
                 reasoning_content="".join(parts.reasoning) or None,
-                refusal="".join(parts.refusal) or None,
+                refusal=refusal,
                 tool_calls=tool_calls or None,
             )
-            choices.append(Choice(index=index, message=message, finish_reason=parts.finish_reason))
+            choices.append(
+                Choice(
+                    index=index,
+                    message=message,
+                    finish_reason=parts.finish_reason,
+                    logprobs=parts.logprobs,
+                )
+            )
         completion = ChatCompletion(
             id=self.id,
             created=self.created,
@@ -159,3 +176,15 @@ class CompletionBuilder:
             provider=self.provider,
         )
         return completion
+
+
+def _add_logprobs(parts: _ChoiceParts, logprobs: object) -> None:
+    """Append a chunk's ``{"content": [...], "refusal": [...]}`` token lists."""
+    if not isinstance(logprobs, dict):
+        return
+    collected = parts.logprobs
+    if collected is None:
+        collected = parts.logprobs = {}
+    for kind, tokens in logprobs.items():
+        if isinstance(tokens, list):
+            collected.setdefault(kind, []).extend(tokens)

@@ -128,16 +128,25 @@ class MissingAuthError(ChatkitError):
 
 
 class APIError(ChatkitError):
-    """A failure while talking to a provider. ``provider`` names it when known."""
+    """A failure while talking to a provider. ``provider`` names it when known.
+
+    ``attempts``: when this error ended a call, every attempt the call made
+    (``chatkit.Attempt``), this one's included; empty until then.
+    """
 
     def __init__(self, message: str, *, provider: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.provider = provider
+        self.attempts: list[Any] = []
 
 
 class APIStatusError(APIError):
-    """The provider answered with an error status (or an error event in a stream)."""
+    """The provider answered with an error status (or an error event in a stream).
+
+    ``code``, ``param`` and ``type`` come from the vendor's error object when it
+    has them (OpenAI's ``{"error": {"code", "param", "type"}}``), else None.
+    """
 
     def __init__(
         self,
@@ -154,6 +163,17 @@ class APIStatusError(APIError):
         self.headers: dict[str, str] = dict(headers or {})
         lowered = {k.lower(): v for k, v in self.headers.items()}
         self.request_id: str | None = lowered.get("x-request-id") or lowered.get("request-id")
+        fields = body if isinstance(body, dict) else {}
+        self.code: str | None = _text_field(fields, "code")
+        self.param: str | None = _text_field(fields, "param")
+        self.type: str | None = _text_field(fields, "type") or _text_field(fields, "status")
+
+
+def _text_field(fields: Mapping[str, Any], key: str) -> str | None:
+    value = fields.get(key)
+    if value is None or isinstance(value, bool):
+        return None
+    return str(value) if isinstance(value, str | int) else None
 
 
 class BadRequestError(APIStatusError):
@@ -333,7 +353,7 @@ def error_from_status(
     """Build the typed error for an HTTP error response."""
     try:
         parsed: Any = json.loads(raw_body) if raw_body else None
-    except ValueError:
+    except (ValueError, RecursionError):
         parsed = raw_body.decode("utf-8", "replace")
     error_object = _error_object(parsed)
     message = _describe(error_object, f"HTTP {status}")

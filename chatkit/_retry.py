@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import email.utils
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -35,6 +36,7 @@ from chatkit._errors import (
     APIStatusError,
     APITimeoutError,
     ChatkitError,
+    ClientClosedError,
     InvalidRequestError,
     MissingAuthError,
     RetryNoProviderError,
@@ -120,18 +122,21 @@ class RetryPolicy:
         return random.uniform(0.0, ceiling)
 
     def retry_after(self, error: BaseException) -> float | None:
-        """The server's wait hint in seconds, if it sent one."""
-        millis = _header(error, "retry-after-ms")
+        """The server's wait hint in seconds, if it sent a usable one.
+
+        ``nan`` and ``inf`` are no hint at all: the backoff applies.
+        """
+        millis = _finite(_header(error, "retry-after-ms"))
         if millis is not None:
-            with contextlib.suppress(ValueError):
-                return max(float(millis) / 1000.0, 0.0)
+            return max(millis / 1000.0, 0.0)
         value = _header(error, "retry-after")
         if value is None:
             return None
-        try:
-            return max(float(value), 0.0)
-        except ValueError:
-            pass
+        seconds = _finite(value)
+        if seconds is not None:
+            return max(seconds, 0.0)
+        if _is_number(value):
+            return None
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
@@ -150,6 +155,21 @@ class RetryPolicy:
         if remaining is not None and wait >= remaining:
             return None
         return wait
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _finite(text: str | None) -> float | None:
+    if text is None or not _is_number(text):
+        return None
+    value = float(text)
+    return value if math.isfinite(value) else None
 
 
 def _header(error: BaseException, name: str) -> str | None:
@@ -324,6 +344,13 @@ class RetryingCall:
                 except _SKIP_ERRORS as exc:
                     self._skip(name, exc)
                     break
+                except ClientClosedError as exc:
+                    # Nothing can succeed on a closed client: no retry, no fallback.
+                    attempt.error = exc
+                    attempt.duration = loop.time() - started
+                    self._record(attempt)
+                    _attach_attempts(exc, self.attempts)
+                    raise
                 except Exception as exc:
                     error: Exception = exc
                     attempt.duration = loop.time() - started
@@ -361,9 +388,11 @@ class RetryingCall:
             error = tried[-1].error
             if len(mine) > 1:
                 error.add_note(f"chatkit made {len(mine)} attempts:\n{lines}")
+            _attach_attempts(error, self.attempts)
             return error
         if not tried:
             if not self.aggregate and mine and mine[-1].error is not None:
+                _attach_attempts(mine[-1].error, self.attempts)
                 return mine[-1].error
             if lines:
                 reason = f":\n{lines}"
@@ -425,9 +454,13 @@ class RetryingCall:
     # -- streamed ------------------------------------------------------------
 
     async def stream(self) -> AsyncIterator[ChatCompletionChunk]:
-        """The chunks of the first attempt that reaches content, then the rest of it."""
+        """The chunks of the first attempt that reaches content, then the rest of it.
+
+        After content, a failure raises ``StreamInterrupted`` whose
+        ``partial_text`` is left for the consumer (``AsyncChatStream``) to fill
+        in: it holds the only copy of the text.
+        """
         agen, held, name = await self._run(self._open_stream)
-        parts: list[str] = []
         # The http deadline is enforced by the transport; a tighter one of our
         # own must be enforced here, chunk by chunk.
         http_deadline = self.http.deadline
@@ -435,33 +468,39 @@ class RetryingCall:
         bounded = own is not None and (http_deadline is None or own < http_deadline)
         try:
             for chunk in held:
-                _collect(parts, chunk)
                 yield chunk
+            del held[:]
             if agen is not None and bounded:
                 while (chunk_or_none := await self._next_bounded(agen, name)) is not None:
-                    _collect(parts, chunk_or_none)
                     yield chunk_or_none
             elif agen is not None:
                 async for chunk in agen:
-                    if chunk.choices:
-                        content = chunk.choices[0].delta.content
-                        if content:
-                            parts.append(content)
                     yield chunk
         except Exception as exc:
-            text = "".join(parts)
-            if isinstance(exc, StreamInterrupted) and exc.partial_text == text and exc.provider:
-                raise  # already complete (from a nested RetryingCall)
-            cause = exc.cause if isinstance(exc, StreamInterrupted) and exc.cause else exc
-            raise StreamInterrupted(
-                f"{name}: the stream broke off after content had been delivered: {cause}",
-                partial_text=text,
-                provider=name,
-                cause=cause,
-            ) from exc
+            raise self._interrupted(exc, name) from exc
         finally:
             if agen is not None:
                 await _close_quietly(agen)
+
+    def _interrupted(self, exc: Exception, name: str) -> StreamInterrupted:
+        """The error for a failure after content, carrying the call's attempts."""
+        if isinstance(exc, StreamInterrupted) and exc.attempts is self.attempts:
+            return exc  # already built by a nested RetryingCall sharing our attempts
+        cause: BaseException = exc
+        if isinstance(exc, StreamInterrupted):
+            # A provider that raised StreamInterrupted itself: keep its cause,
+            # or the connection failure it stands for, never a nested one.
+            inner = exc.cause or exc.__cause__
+            if inner is None or isinstance(inner, StreamInterrupted):
+                inner = APIConnectionError(exc.message, provider=exc.provider or name)
+            cause = inner
+        interrupted = StreamInterrupted(
+            f"{name}: the stream broke off after content had been delivered: {cause}",
+            provider=name,
+            cause=cause,
+        )
+        _attach_attempts(interrupted, self.attempts)
+        return interrupted
 
     async def _next_bounded(
         self, agen: AsyncIterator[ChatCompletionChunk], name: str
@@ -512,11 +551,10 @@ class RetryingCall:
         return None, held, self.provider
 
 
-def _collect(parts: list[str], chunk: ChatCompletionChunk) -> None:
-    if chunk.choices:
-        content = chunk.choices[0].delta.content
-        if content:
-            parts.append(content)
+def _attach_attempts(error: BaseException, attempts: list[Attempt]) -> None:
+    """Every error that ends a call carries the call's attempts."""
+    with contextlib.suppress(AttributeError):  # a foreign exception with __slots__
+        error.attempts = attempts  # type: ignore[attr-defined]
 
 
 async def _next(agen: AsyncIterator[ChatCompletionChunk]) -> ChatCompletionChunk | None:

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from chatkit._assemble import CompletionBuilder
+from chatkit._errors import StreamInterrupted
 from chatkit._types import ChatCompletion, ChatCompletionChunk, CompletionUsage
 
 if TYPE_CHECKING:
@@ -62,7 +63,11 @@ class AsyncChatStream:
         self._started = True
         try:
             chunk = await self._next_chunk()
-        except BaseException:  # the end (StopAsyncIteration) or a failure
+        except BaseException as exc:  # the end (StopAsyncIteration) or a failure
+            if isinstance(exc, StreamInterrupted):
+                # The stream holds the only copy of the text; the retry layer
+                # below raises without it.
+                exc.partial_text = self._builder.text
             await self._finish()
             raise
         self._add(chunk)
@@ -76,6 +81,10 @@ class AsyncChatStream:
             with contextlib.suppress(StopAsyncIteration):
                 self._first = await self.__anext__()
         return self
+
+    def _hand_over(self) -> None:
+        """Stop assembling: a consumer that keeps its own (the sync ``ChatStream``) does."""
+        self._add = _ignore
 
     # -- results -------------------------------------------------------------
 
@@ -155,3 +164,7 @@ class AsyncChatStream:
     def __repr__(self) -> str:
         state = "done" if self._done else "open"
         return f"<AsyncChatStream provider={self.provider!r} {state} text={self.text[:40]!r}>"
+
+
+def _ignore(chunk: ChatCompletionChunk) -> None:
+    pass

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 from chatkit import _portal
 from chatkit._assemble import CompletionBuilder
 from chatkit._client import AsyncClient
+from chatkit._errors import StreamInterrupted
 from chatkit._types import ChatCompletion, ChatCompletionChunk, CompletionUsage, Model
 
 if TYPE_CHECKING:
@@ -102,7 +103,11 @@ class ChatStream:
             raise RuntimeError("this stream was opened in the parent process; open a new one")
         try:
             batch = self._pump.take()
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, StreamInterrupted):
+                # Every chunk before the failure has been handed over by now:
+                # this stream's text is exactly what reached the caller.
+                exc.partial_text = self._builder.text
             self.close()
             raise
         if not batch:
@@ -258,6 +263,8 @@ class Client:
 
     def _open_stream(self, astream: AsyncChatStream) -> ChatStream:
         pump = _portal.StreamPump(_portal.current(), astream, BATCH_LIMIT)
+        # One copy of the text: the sync stream assembles what it hands over.
+        astream._hand_over()
         stream = ChatStream(pump, attempts=astream.attempts, owner=self)
         with self._streams_lock:
             self._streams.add(stream)

@@ -20,9 +20,11 @@ __all__ = [
     "ChoiceDeltaFunctionCall",
     "ChoiceDeltaToolCall",
     "ChunkChoice",
+    "CompletionTokensDetails",
     "CompletionUsage",
     "Function",
     "Model",
+    "PromptTokensDetails",
     "ToolCall",
     "set_provider",
 ]
@@ -32,10 +34,28 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
 
+class PromptTokensDetails(_Wire):
+    """What the prompt tokens were. ``cached_tokens``: read from the provider's cache."""
+
+    cached_tokens: int | None = None
+    audio_tokens: int | None = None
+
+
+class CompletionTokensDetails(_Wire):
+    """What the completion tokens were. ``reasoning_tokens``: spent thinking, not shown."""
+
+    reasoning_tokens: int | None = None
+    audio_tokens: int | None = None
+    accepted_prediction_tokens: int | None = None
+    rejected_prediction_tokens: int | None = None
+
+
 class CompletionUsage(_Wire):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
 
 
 class ChoiceDeltaFunctionCall(_Wire):
@@ -77,9 +97,14 @@ class ChatCompletionChunk(_Wire):
 
     @property
     def text(self) -> str:
-        """The first choice's content delta, or ``""`` (also for usage-only chunks)."""
-        if self.choices:
-            return self.choices[0].delta.content or ""
+        """Choice 0's content delta, or ``""`` (also for usage-only chunks).
+
+        With ``n > 1`` a chunk may carry any choices in any order; ``text``
+        follows choice 0 only, as ``stream.text`` and ``partial_text`` do.
+        """
+        for choice in self.choices:
+            if choice.index == 0:
+                return choice.delta.content or ""
         return ""
 
     @property
@@ -136,9 +161,10 @@ class ChatCompletion(_Wire):
 
     @property
     def text(self) -> str:
-        """The first choice's message content, or ``""``."""
-        if self.choices:
-            return self.choices[0].message.content or ""
+        """Choice 0's message content, or ``""``."""
+        for choice in self.choices:
+            if choice.index == 0:
+                return choice.message.content or ""
         return ""
 
 
