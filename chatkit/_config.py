@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from chatkit._errors import InvalidRequestError
@@ -22,9 +23,11 @@ __all__ = [
     "coerce_timeout",
     "env_value",
     "header_secrets",
+    "is_secret_header",
     "redact_url",
     "safe_cause",
     "scrub",
+    "scrub_tree",
 ]
 
 
@@ -186,11 +189,49 @@ _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key"
 _SECRET_HEADER_ENDINGS = ("api-key", "-token", "-secret")
 
 
+def is_secret_header(name: str) -> bool:
+    """Whether a request header named ``name`` carries a credential."""
+    lowered = name.lower()
+    return lowered in _SECRET_HEADERS or lowered.endswith(_SECRET_HEADER_ENDINGS)
+
+
 def scrub(text: str, secrets: tuple[str, ...]) -> str:
     """``text`` with every secret replaced by ``***``."""
     for secret in secrets:  # never empty: see ProxyURL.secrets and header_secrets
         text = text.replace(secret, "***")
     return text
+
+
+def scrub_tree(value: object, secrets: tuple[str, ...]) -> object:
+    """``value`` (a parsed JSON body) with every secret scrubbed from its strings.
+
+    Lists and dicts are scrubbed in place (the body was parsed for this error,
+    nobody else holds it), keys included. Iterative: a body nested as deep as
+    ``json.loads`` allows must not hit the recursion limit here.
+    """
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        return scrub(value, secrets)
+    pending = [value]
+    while pending:
+        node = pending.pop()
+        items: list[tuple[Any, object]]
+        if isinstance(node, dict):
+            for key in list(node):
+                item = node.pop(key)
+                node[scrub(key, secrets) if isinstance(key, str) else key] = item
+            items = list(node.items())
+        elif isinstance(node, list):
+            items = list(enumerate(node))
+        else:
+            continue
+        for index, item in items:
+            if isinstance(item, str):
+                node[index] = scrub(item, secrets)
+            elif isinstance(item, dict | list):
+                pending.append(item)
+    return value
 
 
 class RedactedCause(Exception):
@@ -226,9 +267,7 @@ def header_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
     """The credentials in request headers (whole values, and bearer tokens alone)."""
     found: list[str] = []
     for name, value in headers.items():
-        lowered = name.lower()
-        secret = lowered in _SECRET_HEADERS or lowered.endswith(_SECRET_HEADER_ENDINGS)
-        if secret and value:
+        if is_secret_header(name) and value:
             found.append(value)
             token = value.rpartition(" ")[2]
             if len(token) >= 8:

@@ -8,7 +8,13 @@ synchronously (``abort()``), from ``__del__`` if need be.
 
 Foreign exceptions are translated here, once, into chatkit's error tree; a
 foreign exception whose text holds a key or proxy password is chained as a
-scrubbed stand-in (the redaction helpers live in ``_config``).
+scrubbed stand-in, and status errors are scrubbed of the call's secrets too
+(upstreams echo a bad key). The redaction helpers live in ``_config``.
+
+Also here: the connection pool (``Limits``, waited for under ``Timeout.pool``),
+redirects (followed by hand: never a body to another origin, never a
+credential header), and the caps on decoded body sizes (``MAX_BODY_SIZE``,
+``MAX_ERROR_BODY_SIZE``).
 """
 
 from __future__ import annotations
@@ -16,24 +22,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin, urlsplit
 
 from chatkit._config import (
+    DEFAULT_LIMITS,
     DEFAULT_TIMEOUT,
+    Limits,
     RedactedCause,
     Timeout,
     header_secrets,
+    is_secret_header,
+    redact_url,
     safe_cause,
     scrub,
+    scrub_tree,
 )
 from chatkit._errors import (
     APIConnectionError,
     APIError,
+    APIStatusError,
     APITimeoutError,
+    ClientClosedError,
+    InvalidRequestError,
+    PoolTimeoutError,
     ProxyError,
     ResponseDecodeError,
+    ResponseTooLargeError,
     error_from_status,
 )
 from chatkit._proxy import ProxySettings, ProxyURL, SocksOptions
@@ -41,9 +59,26 @@ from chatkit._proxy import ProxySettings, ProxyURL, SocksOptions
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["HTTPClient", "HTTPResponse", "RedactedCause", "Transport", "dumps"]
+__all__ = [
+    "MAX_BODY_SIZE",
+    "MAX_ERROR_BODY_SIZE",
+    "MAX_REDIRECTS",
+    "HTTPClient",
+    "HTTPResponse",
+    "RedactedCause",
+    "Transport",
+    "dumps",
+]
 
-_MAX_ERROR_BODY = 1024 * 1024
+# Caps on DECODED (decompressed) sizes, enforced while reading, so that a
+# small gzip bomb never inflates into memory.
+MAX_BODY_SIZE = 32 * 1024 * 1024
+"""A non-streamed 2xx body (a completion, a models list): past it, ResponseTooLargeError."""
+MAX_ERROR_BODY_SIZE = 1024 * 1024
+"""An error response's body: the rest is dropped, the status error keeps the first part."""
+MAX_REDIRECTS = 10
+"""Redirects followed per request (aiohttp's default)."""
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _USER_AGENT = "chatkit/0.1"
 # Sessions kept per loop for distinct SOCKS proxies: callers that rotate
 # proxies per call must not grow one connection pool per proxy forever.
@@ -68,61 +103,177 @@ class HTTPResponse:
         call: HTTPClient,
         provider: str,
         proxy: ProxyURL | None = None,
+        permit: _Permit | None = None,
     ) -> None:
         self._raw = raw
         self._call = call
         self._provider = provider
         self._proxy = proxy
+        self._permit = permit
         self.status: int = raw.status
         self.headers: Mapping[str, str] = raw.headers
 
     async def iter_bytes(self) -> AsyncGenerator[bytes, None]:
         """Body bytes as they arrive (``iter_any``: never ``readline``, no line cap)."""
-        reader = self._raw.content
         while True:
-            failure = None
-            try:
-                data = await reader.readany()
-            except BaseException as exc:
-                failure = self._call.translate(exc, self._provider, reading=True, proxy=self._proxy)
-                if failure is exc:
-                    raise
-            # Raised outside the except block so that the foreign exception
-            # does not ride along as __context__ (it may hold a secret).
-            if failure is not None:
-                raise failure
+            data = await self._read_some()
             if not data:
                 return
             yield data
 
-    async def read(self) -> bytes:
+    async def _read_some(self) -> bytes:
         failure = None
         try:
-            return await self._raw.read()
+            return await self._raw.content.readany()
         except BaseException as exc:
             failure = self._call.translate(exc, self._provider, reading=True, proxy=self._proxy)
             if failure is exc:
                 raise
+        # Raised outside the except block so that the foreign exception
+        # does not ride along as __context__ (it may hold a secret).
         raise failure
+
+    async def read(self) -> bytes:
+        """The whole (decoded) body, up to ``MAX_BODY_SIZE`` bytes.
+
+        Read piece by piece and given up at the cap: aiohttp inflates a
+        compressed body as it is read, so a gzip bomb stops at the cap too.
+        """
+        limit = MAX_BODY_SIZE  # read at call time: tests lower the module constant
+        parts: list[bytes] = []
+        size = 0
+        while data := await self._read_some():
+            size += len(data)
+            if size > limit:
+                self.close()  # the rest is never read
+                raise ResponseTooLargeError(
+                    f"{self._provider}: the response body is larger than {limit} bytes"
+                    " once decompressed (chatkit's MAX_BODY_SIZE cap)",
+                    provider=self._provider,
+                )
+            parts.append(data)
+        return b"".join(parts)
 
     async def json(self) -> Any:
         body = await self.read()
         try:
             return json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
+            what = "nested too deeply" if isinstance(exc, RecursionError) else "not JSON"
             raise ResponseDecodeError(
-                f"{self._provider}: response body is not JSON ({body[:80]!r})",
+                f"{self._provider}: response body is {what} ({body[:80]!r})",
                 provider=self._provider,
             ) from exc
 
     def close(self) -> None:
         """Drop the connection now; the server sees the disconnect."""
         self._raw.close()
+        if self._permit is not None:
+            self._permit.release_soon()
+
+
+class _Pool:
+    """The connection permits of one Transport on one loop (``Limits``).
+
+    aiohttp's connector counts its own limits too, but waiting for them counts
+    as its connect timeout and cannot be told apart from a slow connect. So a
+    request first takes a permit here: for its host, then overall, under
+    ``Timeout.pool``; aiohttp, given the same limits, then never waits.
+    """
+
+    def __init__(self, limits: Limits, loop: asyncio.AbstractEventLoop) -> None:
+        self.limits = limits
+        self.loop = loop
+        total = limits.max_connections
+        self.total = asyncio.Semaphore(total) if total is not None else None
+        # host -> [semaphore, users]; dropped when no permit holder nor waiter uses it.
+        self.hosts: dict[str, list[Any]] = {}
+
+    async def acquire(self, origin: str, wait: float | None) -> _Permit:
+        permit = _Permit(self, origin)
+        per_host = self.limits.max_connections_per_host
+        if per_host is not None:
+            entry = self.hosts.setdefault(origin, [asyncio.Semaphore(per_host), 0])
+            entry[1] += 1
+            permit.host = entry[0]
+        try:
+            if (permit.host is not None and permit.host.locked()) or (
+                self.total is not None and self.total.locked()
+            ):
+                async with asyncio.timeout(wait):
+                    await permit.take()
+            else:
+                await permit.take()  # free slots: no timer to arm
+        except BaseException:
+            permit.release()  # a cancelled or timed-out wait holds nothing
+            raise
+        return permit
+
+
+class _Permit:
+    """One request's hold on the pool; released once, when its response ends."""
+
+    def __init__(self, pool: _Pool, origin: str) -> None:
+        self.pool = pool
+        self.origin = origin
+        self.host: asyncio.Semaphore | None = None
+        self.held_host = False
+        self.held_total = False
+        self.released = False
+
+    async def take(self) -> None:
+        if self.host is not None:
+            await self.host.acquire()
+            self.held_host = True
+        if self.pool.total is not None:
+            await self.pool.total.acquire()
+            self.held_total = True
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        if self.held_total and self.pool.total is not None:
+            self.pool.total.release()
+        if self.host is not None:
+            if self.held_host:
+                self.host.release()
+            entry = self.pool.hosts.get(self.origin)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del self.pool.hosts[self.origin]
+
+    def release_soon(self) -> None:
+        """``release``, from any thread (``HTTPClient.abort`` may run in ``__del__``)."""
+        loop = self.pool.loop
+        if threading.get_ident() == getattr(loop, "_thread_id", None):
+            self.release()
+        elif not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self.release)
+
+
+def _becomes_get(status: int, method: str) -> bool:
+    return (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST")
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
 @dataclass
 class _LoopSessions:
     loop: asyncio.AbstractEventLoop
+    pool: _Pool
     # None: the session for direct and HTTP-proxy requests; otherwise one per
     # SOCKS proxy URL, in least-recently-used order.
     sessions: dict[str | None, aiohttp.ClientSession] = field(default_factory=dict)
@@ -131,9 +282,11 @@ class _LoopSessions:
 class Transport:
     """Owns the aiohttp sessions of one client."""
 
-    def __init__(self, proxy: ProxySettings | None = None, *, connection_limit: int = 256):
+    def __init__(self, proxy: ProxySettings | None = None, *, limits: Limits = DEFAULT_LIMITS):
+        if not isinstance(limits, Limits):
+            raise InvalidRequestError("limits must be a chatkit.Limits", field="limits")
         self.proxy = proxy or ProxySettings()
-        self._limit = connection_limit
+        self.limits = limits
         self._per_loop: dict[int, _LoopSessions] = {}
         self._closed = False
 
@@ -154,23 +307,31 @@ class Transport:
         """
         return HTTPClient(self, self.proxy, timeout, dict(headers or {}), call_proxy=proxy)
 
-    def _session(self, proxy: ProxyURL | None) -> aiohttp.ClientSession:
-        import aiohttp
-
+    def _slot(self) -> _LoopSessions:
         if self._closed:
-            raise APIConnectionError("the client is closed")
+            raise ClientClosedError("the client is closed; create a new one to make more calls")
         loop = asyncio.get_running_loop()
         slot = self._per_loop.get(id(loop))
         if slot is None or slot.loop is not loop:
             self._forget_dead_loops()
-            slot = self._per_loop[id(loop)] = _LoopSessions(loop)
+            slot = self._per_loop[id(loop)] = _LoopSessions(loop, _Pool(self.limits, loop))
+        return slot
+
+    def _session(self, proxy: ProxyURL | None) -> aiohttp.ClientSession:
+        import aiohttp
+
+        slot = self._slot()
         key = proxy.url if proxy is not None and proxy.is_socks else None
         session = slot.sessions.pop(key, None)
         if session is None or session.closed:
+            limit = self.limits.max_connections or 0  # aiohttp: 0 means no limit
+            per_host = self.limits.max_connections_per_host or 0
             if proxy is None or key is None:
-                connector: aiohttp.BaseConnector = aiohttp.TCPConnector(limit=self._limit)
+                connector: aiohttp.BaseConnector = aiohttp.TCPConnector(
+                    limit=limit, limit_per_host=per_host
+                )
             else:
-                connector = _socks_connector(proxy.socks_options(), self._limit)
+                connector = _socks_connector(proxy.socks_options(), limit, per_host)
                 _evict_idle(slot.sessions, _MAX_SOCKS_SESSIONS - 1)
             session = aiohttp.ClientSession(
                 connector=connector,
@@ -183,8 +344,9 @@ class Transport:
 
     def _forget_dead_loops(self) -> None:
         # Sessions of a closed loop (a finished asyncio.run, a parent process
-        # before fork) cannot be closed from here; detach them so they neither
-        # warn nor get reused.
+        # before fork) cannot be closed the usual way (that awaits on their
+        # loop): detach them and close their sockets directly, so that the
+        # server sees the disconnect now rather than at garbage collection.
         for loop_id, slot in list(self._per_loop.items()):
             if slot.loop.is_closed():
                 for session in slot.sessions.values():
@@ -238,7 +400,9 @@ class Transport:
         )
 
 
-def _socks_connector(options: SocksOptions, limit: int) -> aiohttp.BaseConnector:
+def _socks_connector(
+    options: SocksOptions, limit: int, limit_per_host: int = 0
+) -> aiohttp.BaseConnector:
     from aiohttp_socks import ProxyConnector, ProxyType
 
     return ProxyConnector(
@@ -249,6 +413,7 @@ def _socks_connector(options: SocksOptions, limit: int) -> aiohttp.BaseConnector
         password=options.password,
         rdns=options.remote_dns,
         limit=limit,
+        limit_per_host=limit_per_host,
     )
 
 
@@ -265,9 +430,34 @@ def _evict_idle(sessions: dict[str | None, aiohttp.ClientSession], keep: int) ->
 def _detach(session: aiohttp.ClientSession) -> None:
     connector = session.connector
     if connector is not None and not connector.closed:
+        if connector._loop.is_closed():
+            _close_sockets(connector)
         with contextlib.suppress(Exception):
             connector._close()
     session._connector = None
+
+
+def _close_sockets(connector: aiohttp.BaseConnector) -> None:
+    """Close the sockets of a connector whose loop is closed.
+
+    ``connector._close()`` does nothing once its loop is closed, and the
+    transports cannot close themselves (that schedules a callback on the dead
+    loop), so their sockets would stay open until garbage collection.
+    """
+    protocols = [proto for conns in connector._conns.values() for proto, _ in conns]
+    protocols += list(connector._acquired)
+    for proto in protocols:
+        transport = getattr(proto, "transport", None)
+        # A TLS transport wraps the socket transport of its SSL protocol.
+        inner = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+        transport = inner if inner is not None else transport
+        sock = getattr(transport, "_sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+            # What the transport's own close would do: it now reads as closed
+            # and its __del__ does not warn about an unclosed socket.
+            transport._sock = None  # type: ignore[union-attr]
 
 
 class HTTPClient:
@@ -338,48 +528,156 @@ class HTTPClient:
 
         The call's timeout and deadline apply; ``proxy_settings`` (a provider's
         own) overrides the call's and the client's (see `proxy_for`).
+        Redirects are followed here, not by aiohttp (see `_redirect`).
         """
-        proxy = self.proxy_for(url, proxy_settings)
-        session = self._transport._session(proxy)
-        client_timeout = _client_timeout(self.timeout, self.deadline)
         body = dumps(json_body) if json_body is not None else None
         send_headers = {"Content-Type": "application/json"} if body is not None else {}
         send_headers.update(self.headers)
         send_headers.update(headers or {})
+        self._sent_headers = dict(send_headers)  # kept whole: the secrets to scrub
+        for _ in range(MAX_REDIRECTS + 1):
+            proxy = self.proxy_for(url, proxy_settings)
+            raw, permit = await self._send(method, url, body, send_headers, params, proxy, provider)
+            response = HTTPResponse(raw, self, provider, proxy, permit)
+            self._open.add(response)
+            try:
+                target = self._redirect(raw, url, body, send_headers, provider)
+                if target is None:
+                    if not 200 <= raw.status < 300:
+                        raise await self._status_error(raw, provider, proxy)
+                    yield response
+                    return
+            finally:
+                self._open.discard(response)
+                # Unread or partly read bodies are dropped, not drained: closing
+                # is what lets the server see the disconnect promptly.
+                if raw.content.is_eof() and not raw.closed:
+                    raw.release()
+                else:
+                    raw.close()
+                permit.release()
+            url, params = target, None  # the Location already holds the query
+            if _becomes_get(raw.status, method):
+                # What browsers, curl and aiohttp do: the next hop is a GET.
+                method, body = "GET", None
+                send_headers.pop("Content-Type", None)
+        raise APIConnectionError(
+            f"{provider}: more than {MAX_REDIRECTS} redirects, giving up", provider=provider
+        )
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        params: Mapping[str, str] | None,
+        proxy: ProxyURL | None,
+        provider: str,
+    ) -> tuple[aiohttp.ClientResponse, _Permit]:
+        """One HTTP exchange, holding a pool permit that the caller releases."""
+        session = self._transport._session(proxy)
+        permit = await self._acquire(url, provider)
         http_proxy = proxy.url if proxy is not None and not proxy.is_socks else None
         self._current_proxy = proxy
-        self._sent_headers = send_headers
         failure = None
         try:
             raw = await session.request(
                 method,
                 url,
                 data=body,
-                headers=send_headers,
+                headers=headers,
                 params=params,
                 proxy=http_proxy,
-                timeout=client_timeout,
+                timeout=_client_timeout(self.timeout, self.deadline),
+                allow_redirects=False,
             )
         except BaseException as exc:
+            permit.release()
             failure = self.translate(exc, provider, proxy=proxy)
             if failure is exc:
                 raise
         if failure is not None:
-            raise failure  # outside the except block: see HTTPResponse.iter_bytes
-        response = HTTPResponse(raw, self, provider, proxy)
-        self._open.add(response)
+            raise failure  # outside the except block: see HTTPResponse._read_some
+        return raw, permit
+
+    async def _acquire(self, url: str, provider: str) -> _Permit:
+        """A pool permit for ``url``, waited for under ``Timeout.pool`` and the deadline."""
+        pool = self._transport._slot().pool
+        wait = self.timeout.pool
+        remaining = self.remaining()
+        if remaining is not None:
+            wait = max(remaining, 0.0) if wait is None else min(wait, max(remaining, 0.0))
         try:
-            if raw.status >= 400:
-                raise await self._status_error(raw, provider, proxy)
-            yield response
-        finally:
-            self._open.discard(response)
-            # Unread or partly read bodies are dropped, not drained: closing is
-            # what lets the server see the disconnect promptly.
-            if raw.content.is_eof() and not raw.closed:
-                raw.release()
-            else:
-                raw.close()
+            return await pool.acquire(_origin(url), wait)
+        except TimeoutError:
+            pass
+        limits = pool.limits
+        raise PoolTimeoutError(
+            f"{provider}: timed out waiting for a free connection"
+            f" (Timeout.pool={self.timeout.pool}, Timeout.total={self.timeout.total};"
+            f" every connection is busy: Limits.max_connections={limits.max_connections},"
+            f" max_connections_per_host={limits.max_connections_per_host};"
+            " raise Limits.max_connections or Timeout.pool)",
+            provider=provider,
+        )
+
+    def _redirect(
+        self,
+        raw: aiohttp.ClientResponse,
+        url: str,
+        body: bytes | None,
+        send_headers: dict[str, str],
+        provider: str,
+    ) -> str | None:
+        """The URL a redirect response sends this request to, or None when it is no redirect.
+
+        A 307/308 resends the body. To another origin (scheme, host, port) that
+        would hand the conversation to a server the user never configured, so
+        it is refused with an APIStatusError for the 3xx. Credentials never
+        cross origins: the headers that carry them are dropped.
+        """
+        location = raw.headers.get("Location") if raw.status in _REDIRECT_STATUSES else None
+        if not location:
+            return None
+        try:
+            target = urljoin(str(raw.url), location)
+        except ValueError:
+            target = ""
+        if urlsplit(target).scheme not in ("http", "https"):
+            raise APIStatusError(
+                f"{provider}: HTTP {raw.status} redirect to an unusable location"
+                f" {redact_url(location)[:200]!r}",
+                status_code=raw.status,
+                headers=dict(raw.headers),
+                provider=provider,
+            )
+        if _origin(target) == _origin(url):
+            return target
+        keeps_body = raw.status in (307, 308) and body is not None
+        if keeps_body:
+            raise APIStatusError(
+                f"{provider}: refused to follow a cross-origin redirect (HTTP {raw.status})"
+                f" from {_origin(url)} to {redact_url(target)[:200]}: it would send the"
+                " request body to another server; point base_url at the new location"
+                " if you trust it",
+                status_code=raw.status,
+                headers=dict(raw.headers),
+                provider=provider,
+            )
+        for name in [name for name in send_headers if is_secret_header(name)]:
+            del send_headers[name]
+        return target
+
+    def _secrets(self, proxy: ProxyURL | None) -> tuple[str, ...]:
+        """Every secret of this call: its credential headers and proxy passwords."""
+        secrets = header_secrets(self._sent_headers) + header_secrets(self.headers)
+        secrets += self._proxy.secrets()
+        if proxy is not None:
+            secrets += proxy.secrets()
+        if self._call_proxy is not None:
+            secrets += self._call_proxy.secrets()
+        return secrets
 
     async def _status_error(
         self, raw: aiohttp.ClientResponse, provider: str, proxy: ProxyURL | None
@@ -392,9 +690,10 @@ class HTTPClient:
                 " HTTP 407 Proxy Authentication Required (check the user name and password)",
                 provider=provider,
             )
-        return error_from_status(
+        error = error_from_status(
             raw.status, await _error_body(raw), dict(raw.headers), provider=provider
         )
+        return _scrub_status_error(error, self._secrets(proxy))
 
     def translate(
         self,
@@ -414,12 +713,14 @@ class HTTPClient:
             return exc
         if proxy is None:
             proxy = self._current_proxy
-        secrets = header_secrets(self._sent_headers) + self._proxy.secrets()
-        if proxy is not None:
-            secrets += proxy.secrets()
-        if self._call_proxy is not None:
-            secrets += self._call_proxy.secrets()
-        error = _classify(exc, provider, proxy, reading, secrets)
+        secrets = self._secrets(proxy)
+        error: BaseException
+        if self._transport.closed:
+            # aclose() pulled the connection from under this call: not a
+            # network failure, and retrying would only fail the same way.
+            error = ClientClosedError(f"{provider}: the client was closed during the call")
+        else:
+            error = _classify(exc, provider, proxy, reading, secrets)
         if error is exc:
             return exc
         error.__cause__ = safe_cause(exc, secrets)
@@ -427,8 +728,23 @@ class HTTPClient:
         return error
 
 
+def _scrub_status_error(error: APIStatusError, secrets: tuple[str, ...]) -> APIStatusError:
+    """``error`` without the call's secrets: upstreams echo a bad key in their 401 body."""
+    if not secrets:
+        return error
+    error.message = scrub(error.message, secrets)
+    error.args = (error.message,)
+    error.body = scrub_tree(error.body, secrets)
+    error.headers = {name: scrub(value, secrets) for name, value in error.headers.items()}
+    for name in ("code", "param", "type", "request_id"):
+        value = getattr(error, name)
+        if value is not None:
+            setattr(error, name, scrub(value, secrets))
+    return error
+
+
 async def _error_body(raw: aiohttp.ClientResponse) -> bytes:
-    """Up to ``_MAX_ERROR_BODY`` bytes of an error response.
+    """Up to ``MAX_ERROR_BODY_SIZE`` decoded bytes of an error response.
 
     ``content.read(n)`` returns whatever has arrived, so it loops. When the
     body breaks off or stalls, the status already says what went wrong: keep
@@ -437,8 +753,8 @@ async def _error_body(raw: aiohttp.ClientResponse) -> bytes:
     parts: list[bytes] = []
     size = 0
     try:
-        while size < _MAX_ERROR_BODY:
-            data = await raw.content.read(_MAX_ERROR_BODY - size)
+        while size < MAX_ERROR_BODY_SIZE:
+            data = await raw.content.read(MAX_ERROR_BODY_SIZE - size)
             if not data:
                 break
             parts.append(data)
@@ -478,10 +794,35 @@ def _classify(
         )
     if proxy_failure is not None:
         return ProxyError(f"{provider}: proxy {shown} failed: {detail}", provider=provider)
+    malformed = _malformed(exc)
+    if malformed is not None:
+        # aiohttp words an unparsable response as a "400" of its own making;
+        # no server answered 400: the bytes were not HTTP, or broke off.
+        what = "connection lost while reading" if reading else "malformed HTTP response"
+        return APIConnectionError(
+            f"{provider}: {what}: {scrub(malformed, secrets)}", provider=provider
+        )
     if isinstance(exc, aiohttp.ClientError | OSError | asyncio.IncompleteReadError):
         action = "connection lost while reading" if reading else "cannot connect"
         return APIConnectionError(f"{provider}: {action}: {detail}", provider=provider)
     return exc
+
+
+def _malformed(exc: BaseException) -> str | None:
+    """What aiohttp found wrong in the response's bytes, or None when it is another failure."""
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return None
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"{exc.message}"[:300]
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        inner = exc.__cause__
+        message = getattr(inner, "message", None)
+        if isinstance(message, str):
+            return f"{type(inner).__name__}: {message}"[:300]
+        return f"{exc}"[:300]
+    return None
 
 
 def _proxy_failure(exc: BaseException, proxy: ProxyURL | None, reading: bool) -> str | None:
@@ -521,6 +862,11 @@ def _client_timeout(timeout: Timeout, deadline: float | None) -> aiohttp.ClientT
     if deadline is not None:
         remaining = max(deadline - asyncio.get_running_loop().time(), 0.001)
         total = remaining if total is None else min(total, remaining)
+    # aiohttp's ``connect`` covers its pool wait plus connecting (TCP, TLS,
+    # proxy handshake). Its pool never waits here: a request holds a `_Pool`
+    # permit (same limits) before reaching it, and that wait is Timeout.pool's.
+    # So ``connect`` bounds the real connection set-up only, TLS included,
+    # which ``sock_connect`` (the TCP connect alone) would not.
     return aiohttp.ClientTimeout(
         total=total, connect=timeout.connect, sock_connect=timeout.connect, sock_read=timeout.read
     )
