@@ -22,11 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin, urlsplit
 
 from chatkit._config import (
     DEFAULT_LIMITS,
@@ -36,7 +34,6 @@ from chatkit._config import (
     Timeout,
     header_secrets,
     is_secret_header,
-    redact_url,
     safe_cause,
     scrub,
     scrub_tree,
@@ -54,7 +51,9 @@ from chatkit._errors import (
     ResponseTooLargeError,
     error_from_status,
 )
+from chatkit._pool import ConnectionPool, Permit, origin
 from chatkit._proxy import ProxySettings, ProxyURL, SocksOptions
+from chatkit._redirects import MAX_REDIRECTS, becomes_get, redirect_target
 
 if TYPE_CHECKING:
     import aiohttp
@@ -76,9 +75,7 @@ MAX_BODY_SIZE = 32 * 1024 * 1024
 """A non-streamed 2xx body (a completion, a models list): past it, ResponseTooLargeError."""
 MAX_ERROR_BODY_SIZE = 1024 * 1024
 """An error response's body: the rest is dropped, the status error keeps the first part."""
-MAX_REDIRECTS = 10
 """Redirects followed per request (aiohttp's default)."""
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _USER_AGENT = "chatkit/0.1"
 # Sessions kept per loop for distinct SOCKS proxies: callers that rotate
 # proxies per call must not grow one connection pool per proxy forever.
@@ -103,7 +100,7 @@ class HTTPResponse:
         call: HTTPClient,
         provider: str,
         proxy: ProxyURL | None = None,
-        permit: _Permit | None = None,
+        permit: Permit | None = None,
     ) -> None:
         self._raw = raw
         self._call = call
@@ -172,108 +169,10 @@ class HTTPResponse:
             self._permit.release_soon()
 
 
-class _Pool:
-    """The connection permits of one Transport on one loop (``Limits``).
-
-    aiohttp's connector counts its own limits too, but waiting for them counts
-    as its connect timeout and cannot be told apart from a slow connect. So a
-    request first takes a permit here: for its host, then overall, under
-    ``Timeout.pool``; aiohttp, given the same limits, then never waits.
-    """
-
-    def __init__(self, limits: Limits, loop: asyncio.AbstractEventLoop) -> None:
-        self.limits = limits
-        self.loop = loop
-        total = limits.max_connections
-        self.total = asyncio.Semaphore(total) if total is not None else None
-        # host -> [semaphore, users]; dropped when no permit holder nor waiter uses it.
-        self.hosts: dict[str, list[Any]] = {}
-
-    async def acquire(self, origin: str, wait: float | None) -> _Permit:
-        permit = _Permit(self, origin)
-        per_host = self.limits.max_connections_per_host
-        if per_host is not None:
-            entry = self.hosts.setdefault(origin, [asyncio.Semaphore(per_host), 0])
-            entry[1] += 1
-            permit.host = entry[0]
-        try:
-            if (permit.host is not None and permit.host.locked()) or (
-                self.total is not None and self.total.locked()
-            ):
-                async with asyncio.timeout(wait):
-                    await permit.take()
-            else:
-                await permit.take()  # free slots: no timer to arm
-        except BaseException:
-            permit.release()  # a cancelled or timed-out wait holds nothing
-            raise
-        return permit
-
-
-class _Permit:
-    """One request's hold on the pool; released once, when its response ends."""
-
-    def __init__(self, pool: _Pool, origin: str) -> None:
-        self.pool = pool
-        self.origin = origin
-        self.host: asyncio.Semaphore | None = None
-        self.held_host = False
-        self.held_total = False
-        self.released = False
-
-    async def take(self) -> None:
-        if self.host is not None:
-            await self.host.acquire()
-            self.held_host = True
-        if self.pool.total is not None:
-            await self.pool.total.acquire()
-            self.held_total = True
-
-    def release(self) -> None:
-        if self.released:
-            return
-        self.released = True
-        if self.held_total and self.pool.total is not None:
-            self.pool.total.release()
-        if self.host is not None:
-            if self.held_host:
-                self.host.release()
-            entry = self.pool.hosts.get(self.origin)
-            if entry is not None:
-                entry[1] -= 1
-                if entry[1] <= 0:
-                    del self.pool.hosts[self.origin]
-
-    def release_soon(self) -> None:
-        """``release``, from any thread (``HTTPClient.abort`` may run in ``__del__``)."""
-        loop = self.pool.loop
-        if threading.get_ident() == getattr(loop, "_thread_id", None):
-            self.release()
-        elif not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(self.release)
-
-
-def _becomes_get(status: int, method: str) -> bool:
-    return (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST")
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is None:
-        port = 443 if scheme == "https" else 80
-    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
-
-
 @dataclass
 class _LoopSessions:
     loop: asyncio.AbstractEventLoop
-    pool: _Pool
+    pool: ConnectionPool
     # None: the session for direct and HTTP-proxy requests; otherwise one per
     # SOCKS proxy URL, in least-recently-used order.
     sessions: dict[str | None, aiohttp.ClientSession] = field(default_factory=dict)
@@ -314,7 +213,7 @@ class Transport:
         slot = self._per_loop.get(id(loop))
         if slot is None or slot.loop is not loop:
             self._forget_dead_loops()
-            slot = self._per_loop[id(loop)] = _LoopSessions(loop, _Pool(self.limits, loop))
+            slot = self._per_loop[id(loop)] = _LoopSessions(loop, ConnectionPool(self.limits, loop))
         return slot
 
     def _session(self, proxy: ProxyURL | None) -> aiohttp.ClientSession:
@@ -528,7 +427,7 @@ class HTTPClient:
 
         The call's timeout and deadline apply; ``proxy_settings`` (a provider's
         own) overrides the call's and the client's (see `proxy_for`).
-        Redirects are followed here, not by aiohttp (see `_redirect`).
+        Redirects are followed here, not by aiohttp (see ``_redirects``).
         """
         body = dumps(json_body) if json_body is not None else None
         send_headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -541,7 +440,15 @@ class HTTPClient:
             response = HTTPResponse(raw, self, provider, proxy, permit)
             self._open.add(response)
             try:
-                target = self._redirect(raw, url, body, send_headers, provider)
+                target = redirect_target(
+                    raw.status,
+                    raw.headers.get("Location"),
+                    str(raw.url),
+                    url,
+                    has_body=body is not None,
+                    headers=dict(raw.headers),
+                    provider=provider,
+                )
                 if target is None:
                     if not 200 <= raw.status < 300:
                         raise await self._status_error(raw, provider, proxy)
@@ -556,8 +463,12 @@ class HTTPClient:
                 else:
                     raw.close()
                 permit.release()
+            if origin(target) != origin(url):
+                # Credentials never cross origins.
+                for name in [name for name in send_headers if is_secret_header(name)]:
+                    del send_headers[name]
             url, params = target, None  # the Location already holds the query
-            if _becomes_get(raw.status, method):
+            if becomes_get(raw.status, method):
                 # What browsers, curl and aiohttp do: the next hop is a GET.
                 method, body = "GET", None
                 send_headers.pop("Content-Type", None)
@@ -574,7 +485,7 @@ class HTTPClient:
         params: Mapping[str, str] | None,
         proxy: ProxyURL | None,
         provider: str,
-    ) -> tuple[aiohttp.ClientResponse, _Permit]:
+    ) -> tuple[aiohttp.ClientResponse, Permit]:
         """One HTTP exchange, holding a pool permit that the caller releases."""
         session = self._transport._session(proxy)
         permit = await self._acquire(url, provider)
@@ -601,7 +512,7 @@ class HTTPClient:
             raise failure  # outside the except block: see HTTPResponse._read_some
         return raw, permit
 
-    async def _acquire(self, url: str, provider: str) -> _Permit:
+    async def _acquire(self, url: str, provider: str) -> Permit:
         """A pool permit for ``url``, waited for under ``Timeout.pool`` and the deadline."""
         pool = self._transport._slot().pool
         wait = self.timeout.pool
@@ -609,7 +520,7 @@ class HTTPClient:
         if remaining is not None:
             wait = max(remaining, 0.0) if wait is None else min(wait, max(remaining, 0.0))
         try:
-            return await pool.acquire(_origin(url), wait)
+            return await pool.acquire(origin(url), wait)
         except TimeoutError:
             pass
         limits = pool.limits
@@ -621,53 +532,6 @@ class HTTPClient:
             " raise Limits.max_connections or Timeout.pool)",
             provider=provider,
         )
-
-    def _redirect(
-        self,
-        raw: aiohttp.ClientResponse,
-        url: str,
-        body: bytes | None,
-        send_headers: dict[str, str],
-        provider: str,
-    ) -> str | None:
-        """The URL a redirect response sends this request to, or None when it is no redirect.
-
-        A 307/308 resends the body. To another origin (scheme, host, port) that
-        would hand the conversation to a server the user never configured, so
-        it is refused with an APIStatusError for the 3xx. Credentials never
-        cross origins: the headers that carry them are dropped.
-        """
-        location = raw.headers.get("Location") if raw.status in _REDIRECT_STATUSES else None
-        if not location:
-            return None
-        try:
-            target = urljoin(str(raw.url), location)
-        except ValueError:
-            target = ""
-        if urlsplit(target).scheme not in ("http", "https"):
-            raise APIStatusError(
-                f"{provider}: HTTP {raw.status} redirect to an unusable location"
-                f" {redact_url(location)[:200]!r}",
-                status_code=raw.status,
-                headers=dict(raw.headers),
-                provider=provider,
-            )
-        if _origin(target) == _origin(url):
-            return target
-        keeps_body = raw.status in (307, 308) and body is not None
-        if keeps_body:
-            raise APIStatusError(
-                f"{provider}: refused to follow a cross-origin redirect (HTTP {raw.status})"
-                f" from {_origin(url)} to {redact_url(target)[:200]}: it would send the"
-                " request body to another server; point base_url at the new location"
-                " if you trust it",
-                status_code=raw.status,
-                headers=dict(raw.headers),
-                provider=provider,
-            )
-        for name in [name for name in send_headers if is_secret_header(name)]:
-            del send_headers[name]
-        return target
 
     def _secrets(self, proxy: ProxyURL | None) -> tuple[str, ...]:
         """Every secret of this call: its credential headers and proxy passwords."""
@@ -863,7 +727,7 @@ def _client_timeout(timeout: Timeout, deadline: float | None) -> aiohttp.ClientT
         remaining = max(deadline - asyncio.get_running_loop().time(), 0.001)
         total = remaining if total is None else min(total, remaining)
     # aiohttp's ``connect`` covers its pool wait plus connecting (TCP, TLS,
-    # proxy handshake). Its pool never waits here: a request holds a `_Pool`
+    # proxy handshake). Its pool never waits here: a request holds a `ConnectionPool`
     # permit (same limits) before reaching it, and that wait is Timeout.pool's.
     # So ``connect`` bounds the real connection set-up only, TLS included,
     # which ``sock_connect`` (the TCP connect alone) would not.
