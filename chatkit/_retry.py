@@ -39,6 +39,7 @@ from chatkit._errors import (
     ClientClosedError,
     InvalidRequestError,
     MissingAuthError,
+    PoolTimeoutError,
     RetryNoProviderError,
     RetryProviderError,
     StreamInterrupted,
@@ -111,6 +112,10 @@ class RetryPolicy:
                 return "retry" if hint == "true" else "next"
             status = error.status_code
             return "retry" if status in self.retry_statuses or status >= 500 else "next"
+        if isinstance(error, PoolTimeoutError):
+            # Every connection to this host is busy: waiting again for the same
+            # pool would only starve the fallback to another host.
+            return "next"
         # Third-party providers may raise the builtin kinds rather than chatkit's.
         if isinstance(error, APIConnectionError | TimeoutError | ConnectionError):
             return "retry"

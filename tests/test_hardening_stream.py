@@ -467,3 +467,8 @@ def test_sync_stream_holds_each_piece_once() -> None:
             next(stream)
         pieces = stream._builder._first.content
         assert other_holders(pieces) == [0] * (len(pieces) - 1)
+
+
+def test_a_pool_timeout_moves_on_instead_of_waiting_for_the_same_pool() -> None:
+    assert RetryPolicy().decide(chatkit.PoolTimeoutError("pool full")) == "next"
+    assert RetryPolicy().decide(chatkit.APITimeoutError("slow")) == "retry"
