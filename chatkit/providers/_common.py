@@ -8,22 +8,23 @@ vendor answers become OpenAI-style objects) lives here once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from chatkit._assemble import CompletionBuilder
-from chatkit._config import check_base_url, env_value
+from chatkit._config import check_base_url, check_header_value, env_value
 from chatkit._errors import (
+    APIConnectionError,
     APIStatusError,
     InvalidRequestError,
     MissingAuthError,
     ResponseDecodeError,
-    StreamInterrupted,
     UnsupportedCapabilityError,
 )
 from chatkit._proxy import ProxySettings
@@ -42,6 +43,8 @@ from chatkit._types import (
 __all__ = [
     "Endpoint",
     "base64_data_url",
+    "body_reads",
+    "check_stream_type",
     "compact_json",
     "completion_from_chunk",
     "decode_error",
@@ -54,11 +57,13 @@ __all__ = [
     "iso_timestamp",
     "json_object",
     "json_schema_of",
+    "loads",
     "merge_extra_body",
     "new_completion_id",
     "new_tool_call_id",
     "objects_with_string",
     "output_token_limit",
+    "pause_every",
     "provider_repr",
     "resolve_endpoint",
     "sse_batches",
@@ -69,6 +74,7 @@ __all__ = [
     "tool_call_arguments",
     "tool_call_delta",
     "translated_errors",
+    "truncated",
 ]
 
 
@@ -109,6 +115,10 @@ def resolve_endpoint(
         raise InvalidRequestError("api_key must be a string", field="api_key")
     url = check_base_url(base_url or env_value(*base_url_env) or default_base_url)
     key = api_key or env_value(*api_key_env)
+    if key is not None:
+        # A key copied with its newline would be sent as a broken header (or
+        # refused by aiohttp mid-call): refuse it here, without quoting it.
+        check_header_value(key, "api_key")
     if key is None and key_required:
         variable = api_key_env[0]
         raise MissingAuthError(
@@ -122,20 +132,105 @@ def resolve_endpoint(
     return Endpoint(url, key, settings)
 
 
-async def sse_batches(response: HTTPResponse) -> AsyncIterator[list[SSEEvent]]:
-    """The response body's SSE events, one list per network read.
+# Reads in a row that completed no event before a stream yields to the event
+# loop: aiohttp hands over buffered bytes without suspending, so a hostile
+# upstream sending only blank lines or comments would otherwise hold the loop
+# (and the deadline that cancels the call) for as long as it keeps sending.
+_READS_PER_PAUSE = 8
+
+
+def pause_every(reads: int = _READS_PER_PAUSE) -> Callable[[bool], Any]:
+    """A step function for a read loop: ``await step(produced)`` after each read.
+
+    It suspends (``asyncio.sleep(0)``) after ``reads`` reads in a row that
+    produced nothing, and costs nothing otherwise.
+    """
+    idle = 0
+
+    async def step(produced: bool) -> None:
+        nonlocal idle
+        if produced:
+            idle = 0
+            return
+        idle += 1
+        if idle >= reads:
+            idle = 0
+            await asyncio.sleep(0)
+
+    return step
+
+
+# The most bytes decoded in one go. A compressed body can inflate into one
+# read of many megabytes; decoding it whole would hold the loop for as long,
+# so it is cut into slices with a turn of the loop between them.
+_SLICE = 256 * 1024
+
+
+async def body_reads(response: HTTPResponse) -> AsyncGenerator[bytes]:
+    """The body's reads, none over 256 KiB, yielding to the loop inside a big one."""
+    async with aclosing(response.iter_bytes()) as reads:
+        async for data in reads:
+            if len(data) <= _SLICE:
+                yield data
+                continue
+            for start in range(0, len(data), _SLICE):
+                if start:
+                    await asyncio.sleep(0)
+                yield data[start : start + _SLICE]
+
+
+def truncated(provider: str, what: str = "a torn last event") -> APIConnectionError:
+    """The error for a body that broke off mid-event: a connection failure."""
+    return APIConnectionError(
+        f"{provider}: the stream was truncated ({what} at the end of the body)",
+        provider=provider,
+    )
+
+
+_STREAM_TYPES = {"sse": "text/event-stream", "ndjson": "application/x-ndjson"}
+# Pages, not streams: an HTML error or login page answered with 200 (a captive
+# portal, a misconfigured gateway, a web UI URL given as base_url).
+_PAGE_TYPES = ("text/html", "application/xhtml+xml")
+
+
+def check_stream_type(response: HTTPResponse, provider: str, expected: str) -> None:
+    """Refuse a 200 answer that is a web page, not the ``expected`` stream.
+
+    A page has no events, so without this check it would end like a dropped
+    connection and be retried; it is the wrong endpoint, which retrying cannot fix.
+    Other content types pass: servers label streams loosely.
+    """
+    content_type = response.headers.get("Content-Type", "")
+    media = content_type.partition(";")[0].strip().lower()
+    if media in _PAGE_TYPES:
+        wanted = _STREAM_TYPES.get(expected, expected)
+        raise ResponseDecodeError(
+            f"{provider}: the server answered {media} instead of {wanted}"
+            " (is base_url the API endpoint?)",
+            provider=provider,
+        )
+
+
+async def sse_batches(response: HTTPResponse) -> AsyncIterator[tuple[list[SSEEvent], bool]]:
+    """The response body's SSE events, one list per network read, and whether
+    the list is the body's unterminated tail.
 
     Batches rather than single events: one generator step per read keeps the
-    per-event cost on the hot path down to the caller's own loop.
+    per-event cost on the hot path down to the caller's own loop. The tail
+    (what was still pending at the end of the body) is flagged: a tail event
+    that does not parse was torn by a truncated body (see :func:`truncated`).
     """
     decoder = SSEDecoder()
-    async for data in response.iter_bytes():
-        events = decoder.feed(data)
-        if events:
-            yield events
+    step = pause_every()
+    async with aclosing(body_reads(response)) as reads:
+        async for data in reads:
+            events = decoder.feed(data)
+            if events:
+                yield events, False
+            await step(bool(events))
     tail = decoder.flush()
     if tail:
-        yield tail
+        yield tail, True
 
 
 def provider_repr(name: str, base_url: str, api_key: str | None) -> str:
@@ -251,20 +346,35 @@ def decode_error(provider: str, what: str, data: str | bytes) -> ResponseDecodeE
     return ResponseDecodeError(f"{provider}: {what}: {data[:200]!r}", provider=provider)
 
 
+def loads(data: str | bytes, provider: str, subject: str) -> Any:
+    """``data`` parsed as JSON; ``subject`` names it in errors.
+
+    Nesting deeper than the parser's recursion limit (``[[[[...``) is a
+    malformed body like any other, not a ``RecursionError``.
+    """
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise decode_error(provider, f"{subject} is not JSON", data) from exc
+
+
 def json_object(data: str | bytes, provider: str, subject: str) -> dict[str, Any]:
     """``data`` parsed, which must be a JSON object; ``subject`` names it in errors."""
-    try:
-        parsed = json.loads(data)
-    except ValueError as exc:
-        raise decode_error(provider, f"{subject} is not JSON", data) from exc
+    parsed = loads(data, provider, subject)
     if not isinstance(parsed, dict):
         raise decode_error(provider, f"{subject} is not a JSON object", data)
     return parsed
 
 
-def stream_ended_early(provider: str, missing: str) -> StreamInterrupted:
-    """The error for a stream that closed before ``missing``, its end marker, arrived."""
-    return StreamInterrupted(f"{provider}: the stream ended before {missing}", provider=provider)
+def stream_ended_early(provider: str, missing: str) -> APIConnectionError:
+    """The error for a stream that closed before ``missing``, its end marker, arrived.
+
+    A plain connection error: before any content it is retried; after content
+    the retry layer reports it as the cause of a ``StreamInterrupted``.
+    """
+    return APIConnectionError(
+        f"{provider}: the stream ended early, before {missing}", provider=provider
+    )
 
 
 def new_completion_id() -> str:
@@ -341,14 +451,18 @@ async def get_json(
         params=params,
         proxy_settings=proxy_settings,
     ) as response:
-        return await response.json()
+        body = await response.read()
+    return loads(body, provider, "response body")
 
 
-def objects_with_string(items: Iterable[Any], key: str) -> Iterator[dict[str, Any]]:
+def objects_with_string(items: Any, key: str) -> Iterator[dict[str, Any]]:
     """The objects among ``items`` whose ``key`` is a string.
 
-    Anything else in a vendor's list is skipped rather than failing the whole list.
+    Anything else in a vendor's list is skipped rather than failing the whole
+    list; ``items`` that is not a list at all holds nothing.
     """
+    if not isinstance(items, list | tuple):
+        return
     for item in items:
         if isinstance(item, dict) and isinstance(item.get(key), str):
             yield item

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from chatkit._errors import (
     APIStatusError,
     InvalidRequestError,
+    ResponseDecodeError,
     UnsupportedCapabilityError,
     error_from_event,
 )
@@ -47,16 +48,18 @@ from chatkit.providers._anthropic_request import (
 )
 from chatkit.providers._base import Capabilities
 from chatkit.providers._common import (
+    check_stream_type,
     decode_error,
     get_json,
     iso_timestamp,
+    loads,
     objects_with_string,
     provider_repr,
     resolve_endpoint,
     sse_batches,
     stream_ended_early,
-    token_usage,
     tool_call_delta,
+    truncated,
 )
 
 __all__ = ["Anthropic", "finish_reason"]
@@ -87,18 +90,32 @@ def _usage(*sources: Mapping[str, Any] | None) -> CompletionUsage:
     """OpenAI usage from Anthropic usage objects; later sources win field by field.
 
     Anthropic's ``input_tokens`` leaves out cached prompt tokens; OpenAI's
-    ``prompt_tokens`` counts them, so cache reads and writes are added back.
+    ``prompt_tokens`` counts them, so cache reads and writes are added back,
+    and shown apart as OpenAI does: ``prompt_tokens_details.cached_tokens``
+    (read from the cache) and ``cache_creation_tokens`` (written to it, an
+    Anthropic-only figure kept as an extra field).
     """
-    merged: dict[str, Any] = {}
+    merged: dict[str, int] = {}
     for source in sources:
         if source:
-            merged.update((k, v) for k, v in source.items() if isinstance(v, int))
-    prompt = (
-        merged.get("input_tokens", 0)
-        + merged.get("cache_creation_input_tokens", 0)
-        + merged.get("cache_read_input_tokens", 0)
-    )
-    return token_usage(prompt, merged.get("output_tokens", 0))
+            merged.update(
+                (k, v) for k, v in source.items() if isinstance(v, int) and not isinstance(v, bool)
+            )
+    cache_read = merged.get("cache_read_input_tokens", 0)
+    cache_creation = merged.get("cache_creation_input_tokens", 0)
+    prompt = merged.get("input_tokens", 0) + cache_creation + cache_read
+    completion = merged.get("output_tokens", 0)
+    fields: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if "cache_read_input_tokens" in merged or "cache_creation_input_tokens" in merged:
+        fields["prompt_tokens_details"] = {
+            "cached_tokens": cache_read,
+            "cache_creation_tokens": cache_creation,
+        }
+    return CompletionUsage.model_validate(fields)
 
 
 def _with_request_id(error: APIStatusError, request_id: str | None) -> APIStatusError:
@@ -140,16 +157,13 @@ class _StreamState:
         )
 
     def feed(self, event: SSEEvent) -> ChatCompletionChunk | None:
-        try:
-            payload = json.loads(event.data)
-        except ValueError:
-            raise decode_error(self.provider, "stream event is not JSON", event.data) from None
+        payload = loads(event.data, self.provider, "stream event")
         if not isinstance(payload, dict):
             raise decode_error(self.provider, "stream event is not an object", event.data)
         kind = payload.get("type") or event.event
         try:
             return self._dispatch(kind, payload)
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as exc:
             raise decode_error(self.provider, f"malformed {kind} event", event.data) from exc
 
     def _dispatch(self, kind: str, payload: dict[str, Any]) -> ChatCompletionChunk | None:
@@ -379,10 +393,18 @@ class Anthropic:
         self, request: ChatRequest, http: HTTPClient
     ) -> AsyncIterator[ChatCompletionChunk]:
         async with self._open(http, request, stream=True) as response:
+            check_stream_type(response, self.name, "sse")
             state = _StreamState(self.name, response.headers.get("request-id"))
-            async for events in sse_batches(response):
+            async for events, tail in sse_batches(response):
                 for event in events:
-                    chunk = state.feed(event)
+                    try:
+                        chunk = state.feed(event)
+                    except ResponseDecodeError as exc:
+                        # An unterminated last event that does not parse was
+                        # torn by a truncated body: a connection failure.
+                        if tail:
+                            raise truncated(self.name) from exc
+                        raise
                     if chunk is not None:
                         yield chunk
                     if state.stopped:
@@ -394,16 +416,13 @@ class Anthropic:
         async with self._open(http, request, stream=False) as response:
             raw = await response.read()
             request_id = response.headers.get("request-id")
-        try:
-            message = json.loads(raw)
-        except ValueError:
-            raise decode_error(self.name, "response is not JSON", raw) from None
+        message = loads(raw, self.name, "response")
         if isinstance(message, dict) and message.get("type") == "error":
             error = error_from_event(message, provider=self.name)
             raise _with_request_id(error, request_id)
         try:
             return _completion(message, self.name)
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as exc:
             raise decode_error(self.name, "response is not a Message", raw) from exc
 
     async def list_models(self, http: HTTPClient) -> list[Model]:

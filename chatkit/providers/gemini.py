@@ -45,8 +45,10 @@ from chatkit._types import (
 )
 from chatkit.providers._base import Capabilities
 from chatkit.providers._common import (
+    check_stream_type,
     compact_json,
     completion_from_chunk,
+    decode_error,
     get_json,
     json_object,
     new_completion_id,
@@ -58,6 +60,7 @@ from chatkit.providers._common import (
     stream_ended_early,
     tool_call_delta,
     translated_errors,
+    truncated,
 )
 from chatkit.providers._gemini_request import generate_content_body, unsupported_param
 
@@ -180,9 +183,17 @@ class Gemini:
     ) -> AsyncIterator[ChatCompletionChunk]:
         reader = _ResponseReader(self.name)
         async with self._post(request, http, stream=True) as response:
-            async for events in sse_batches(response):
+            check_stream_type(response, self.name, "sse")
+            async for events, tail in sse_batches(response):
                 for event in events:
-                    chunk = reader.read(_decode(event.data, self.name))
+                    try:
+                        chunk = reader.read_raw(event.data)
+                    except ResponseDecodeError as exc:
+                        # An unterminated last event that does not parse was
+                        # torn by a truncated body: a connection failure.
+                        if tail:
+                            raise truncated(self.name) from exc
+                        raise
                     if chunk is not None:
                         yield chunk
         if not reader.finished:
@@ -191,7 +202,7 @@ class Gemini:
     async def complete(self, request: ChatRequest, http: HTTPClient) -> ChatCompletion:
         async with self._post(request, http, stream=False) as response:
             raw = await response.read()
-        chunk = _ResponseReader(self.name).read(_decode(raw, self.name))
+        chunk = _ResponseReader(self.name).read_raw(raw)
         return completion_from_chunk(chunk, self.name)
 
     async def list_models(self, http: HTTPClient) -> list[Model]:
@@ -246,6 +257,18 @@ class _ResponseReader:
         self._usage_metadata: dict[str, Any] | None = None
         self._tool_calls: dict[int, int] = {}  # candidate index -> calls so far
         self._opened: set[int] = set()
+
+    def read_raw(self, data: str | bytes) -> ChatCompletionChunk | None:
+        """One ``GenerateContentResponse`` (JSON text) as a chunk, or None.
+
+        A field of the wrong type (``"candidates": 5``, ``"parts": "x"``) is a
+        malformed response, reported as such, never an AttributeError.
+        """
+        payload = _decode(data, self.provider)
+        try:
+            return self.read(payload)
+        except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as exc:
+            raise decode_error(self.provider, "malformed response", data) from exc
 
     def read(self, payload: dict[str, Any]) -> ChatCompletionChunk | None:
         # Runs once per event: plain dict reads, and usage is only built for

@@ -18,6 +18,7 @@ NDJSON is not SSE: lines are split here, from raw reads, with a size cap.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, aclosing
@@ -46,19 +47,25 @@ from chatkit._types import (
 )
 from chatkit.providers._base import Capabilities
 from chatkit.providers._common import (
+    body_reads,
+    check_stream_type,
     compact_json,
     completion_from_chunk,
+    decode_error,
     iso_timestamp,
     json_object,
+    loads,
     new_completion_id,
     new_tool_call_id,
     objects_with_string,
+    pause_every,
     provider_repr,
     resolve_endpoint,
     stream_ended_early,
     token_usage,
     tool_call_delta,
     translated_errors,
+    truncated,
 )
 from chatkit.providers._ollama_request import chat_body, unsupported_param
 
@@ -66,6 +73,8 @@ __all__ = ["Ollama", "ollama_base_url"]
 
 DEFAULT_PORT = 11434
 _MAX_LINE = 16 * 1024 * 1024
+# Runs of empty lines, collapsed in C: a flood of them costs no Python loop.
+_EMPTY_LINES = re.compile(rb"\n\n+")
 
 
 def ollama_base_url(address: str) -> str:
@@ -214,10 +223,11 @@ class Ollama:
     ) -> AsyncIterator[ChatCompletionChunk]:
         reader = _ChatReader(self.name)
         async with self._chat(request, http, stream=True) as response:
+            check_stream_type(response, self.name, "ndjson")
             lines = _ndjson(response, self.max_line_size, self.name)
             async with aclosing(lines):
-                async for obj in lines:
-                    chunk = reader.read(obj)
+                async for line in lines:
+                    chunk = reader.read_raw(line)
                     if chunk is not None:
                         yield chunk
                     if reader.finished:
@@ -228,7 +238,7 @@ class Ollama:
     async def complete(self, request: ChatRequest, http: HTTPClient) -> ChatCompletion:
         async with self._chat(request, http, stream=False) as response:
             raw = await response.read()
-        chunk = _ChatReader(self.name).read(_decode(raw, self.name))
+        chunk = _ChatReader(self.name).read_raw(raw)
         return completion_from_chunk(chunk, self.name)
 
     async def list_models(self, http: HTTPClient) -> list[Model]:
@@ -236,7 +246,8 @@ class Ollama:
         async with self._open(
             http, "GET", "/api/tags", headers=self._headers_for("application/json")
         ) as response:
-            payload = await response.json()
+            body = await response.read()
+        payload = loads(body, self.name, "model list")
         items = payload.get("models") if isinstance(payload, dict) else None
         return list(_models(items, self.name))
 
@@ -267,7 +278,10 @@ class _Lines:
             self._check(self._size)
             return []
         # Joining only when a line ends keeps a long line linear, not quadratic.
-        lines = b"".join(self._parts).split(b"\n")
+        block = b"".join(self._parts)
+        if b"\n\n" in block:
+            block = _EMPTY_LINES.sub(b"\n", block)
+        lines = block.split(b"\n")
         rest = lines.pop()
         self._parts = [rest] if rest else []
         self._size = len(rest)
@@ -288,17 +302,30 @@ def _decode(line: bytes, provider: str) -> dict[str, Any]:
     return obj
 
 
-async def _ndjson(
-    response: HTTPResponse, limit: int, provider: str
-) -> AsyncGenerator[dict[str, Any]]:
+async def _ndjson(response: HTTPResponse, limit: int, provider: str) -> AsyncGenerator[bytes]:
+    """The body's non-blank lines, as they complete.
+
+    The last line is checked here: a body that ends inside a line that does
+    not parse was cut off (a connection failure, retried before content),
+    which the caller could not tell from a malformed line.
+    """
     lines = _Lines(limit, provider)
-    async for data in response.iter_bytes():
-        for line in lines.feed(data):
-            if line.strip():
-                yield _decode(line, provider)
+    step = pause_every()
+    async with aclosing(body_reads(response)) as reads:
+        async for data in reads:
+            produced = False
+            for line in lines.feed(data):
+                if line.strip():
+                    produced = True
+                    yield line
+            await step(produced)
     for line in lines.flush():
         if line.strip():
-            yield _decode(line, provider)
+            try:
+                loads(line, provider, "response line")
+            except ResponseDecodeError as exc:
+                raise truncated(provider, "a torn last line") from exc
+            yield line
 
 
 class _ChatReader:
@@ -318,10 +345,26 @@ class _ChatReader:
         self._tool_calls = 0
         self._opened = False
 
+    def read_raw(self, line: bytes) -> ChatCompletionChunk | None:
+        """One response object (JSON text) as a chunk, or None.
+
+        A field of the wrong type (``"content": 5``, ``"tool_calls": 5``) is a
+        malformed response, reported as such, never a TypeError.
+        """
+        obj = _decode(line, self.provider)
+        try:
+            return self.read(obj)
+        except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as exc:
+            raise decode_error(self.provider, "malformed response", line) from exc
+
     def read(self, obj: dict[str, Any]) -> ChatCompletionChunk | None:
         if isinstance(obj.get("model"), str):
             self.model = obj["model"]
-        message: dict[str, Any] = obj["message"] if isinstance(obj.get("message"), dict) else {}
+        message = obj.get("message")
+        if message is None:
+            message = {}
+        elif not isinstance(message, dict):
+            raise TypeError(f"message must be an object, not {type(message).__name__}")
         content = message.get("content") or ""
         thinking = message.get("thinking") or ""
         calls = [self._tool_call(c) for c in message.get("tool_calls") or ()]

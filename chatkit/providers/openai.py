@@ -7,6 +7,7 @@ through ``OpenAI``. Chunks are validated straight from the SSE bytes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
@@ -21,16 +22,30 @@ from chatkit._transport import HTTPClient
 from chatkit._types import ChatCompletion, ChatCompletionChunk, Model, set_provider
 from chatkit.providers._base import Capabilities
 from chatkit.providers._common import (
+    body_reads,
+    check_stream_type,
     get_json,
     objects_with_string,
     provider_repr,
     resolve_endpoint,
     stream_ended_early,
+    truncated,
 )
 
 __all__ = ["OpenAI"]
 
 _EVERYTHING = Capabilities()
+# Reads in a row without an event before the stream yields to the event loop
+# (see _common.pause_every; inlined here because this is the hot path).
+_IDLE_READS = 8
+
+
+def _is_done(text: str) -> bool:
+    """The end marker, with whatever whitespace a server puts around it.
+
+    openai-python checks ``startswith("[DONE]")``; so does chatkit.
+    """
+    return text.lstrip().startswith("[DONE]")
 
 
 class OpenAI:
@@ -120,6 +135,7 @@ class OpenAI:
         validate = ChatCompletionChunk.__pydantic_validator__.validate_json
         decoder = SSEDecoder()
         finished = False
+        idle = 0
         async with (
             http.open(
                 "POST",
@@ -130,14 +146,26 @@ class OpenAI:
                 params=request.extra_query or None,
                 proxy_settings=self.proxy_settings,
             ) as response,
-            contextlib.aclosing(response.iter_bytes()) as reads,
+            contextlib.aclosing(body_reads(response)) as reads,
         ):
+            check_stream_type(response, name, "sse")
             # aclosing: returning at [DONE] must close the reader now, not
             # leave it to the loop's async-generator finalizer as a stray task.
             async for data in reads:
                 # Plain message events come as bare strings: a read of a
                 # thousand events allocates nothing the garbage collector tracks.
-                for event in decoder.feed_messages(data):
+                events = decoder.feed_messages(data)
+                if not events:
+                    # aiohttp hands over buffered bytes without suspending: a
+                    # flood of blank lines must not hold the loop (or the
+                    # deadline that would cancel this call).
+                    idle += 1
+                    if idle >= _IDLE_READS:
+                        idle = 0
+                        await asyncio.sleep(0)
+                    continue
+                idle = 0
+                for event in events:
                     # The per-chunk path, kept inline: parse straight from the
                     # event text, stamp the provider, hand the chunk on.
                     text = event if isinstance(event, str) else event.data
@@ -146,16 +174,23 @@ class OpenAI:
                     try:
                         chunk: ChatCompletionChunk = validate(text)
                     except ValidationError as exc:
+                        if _is_done(text):
+                            return
                         raise self._decode_error(text) from exc
                     choices = chunk.choices
                     if not choices:
-                        self._raise_error_event(chunk, event)
+                        self._check_choiceless(chunk, event)
                     elif choices[0].finish_reason:
                         finished = True
                     chunk.__dict__["provider"] = name  # what set_provider does, minus a call
                     yield chunk
             for event in decoder.flush_messages():
-                chunk_or_done = self._parse(event)
+                # What was pending when the body ended: an unterminated last
+                # event. One that does not parse was torn by the truncation.
+                try:
+                    chunk_or_done = self._parse(event)
+                except ResponseDecodeError as exc:
+                    raise truncated(name) from exc
                 if chunk_or_done is None:
                     return
                 finished = finished or bool(
@@ -169,14 +204,14 @@ class OpenAI:
     def _parse(self, event: str | SSEEvent) -> ChatCompletionChunk | None:
         """One event as a chunk; None for ``[DONE]``. Raises for error events."""
         text = event if isinstance(event, str) else event.data
-        if text == "[DONE]":
+        if _is_done(text):
             return None
         try:
             chunk = ChatCompletionChunk.model_validate_json(text)
         except ValidationError as exc:
             raise self._decode_error(text) from exc
         if not chunk.choices:
-            self._raise_error_event(chunk, event)
+            self._check_choiceless(chunk, event)
         return chunk
 
     def _decode_error(self, data: str) -> ResponseDecodeError:
@@ -185,16 +220,22 @@ class OpenAI:
             provider=self.name,
         )
 
-    def _raise_error_event(self, chunk: ChatCompletionChunk, event: str | SSEEvent) -> None:
+    def _check_choiceless(self, chunk: ChatCompletionChunk, event: str | SSEEvent) -> None:
         """A chunk without choices may be an error in disguise: raise it as one.
 
-        ``event`` is a bare string for plain ``message`` events.
+        A usage chunk or Azure's ``prompt_filter_results`` chunk sends
+        ``"choices": []``; an object without ``choices`` at all is not a chunk
+        (it would otherwise pass as an empty answer). ``event`` is a bare
+        string for plain ``message`` events.
         """
         extra = chunk.__pydantic_extra__
         if extra and "error" in extra:
             raise error_from_event(extra["error"], provider=self.name)
         if not isinstance(event, str) and event.event == "error":
             raise error_from_event(extra or event.data, provider=self.name)
+        if "choices" not in chunk.model_fields_set:
+            text = event if isinstance(event, str) else event.data
+            raise self._decode_error(text)
 
     async def complete(self, request: ChatRequest, http: HTTPClient) -> ChatCompletion:
         async with http.open(
@@ -217,6 +258,11 @@ class OpenAI:
         extra = completion.__pydantic_extra__
         if not completion.choices and extra and "error" in extra:
             raise error_from_event(extra["error"], provider=self.name)
+        if "choices" not in completion.model_fields_set:
+            raise ResponseDecodeError(
+                f"{self.name}: response is not a chat completion: {body[:200]!r}",
+                provider=self.name,
+            )
         set_provider(completion, self.name)
         return completion
 
