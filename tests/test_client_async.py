@@ -385,7 +385,7 @@ async def test_closed_client_refuses_new_calls(server: FakeOpenAIServer) -> None
     await client.chat.completions.create(messages=HELLO)
     await client.aclose()
     assert client.is_closed
-    with pytest.raises(APIConnectionError, match="closed"):
+    with pytest.raises(chatkit.ClientClosedError, match="closed"):
         await client.chat.completions.create(messages=HELLO)
 
 

@@ -36,6 +36,7 @@ CHAT = "/v1/chat/completions"
 
 async def post(url: str, body: Any, **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    kwargs.setdefault("headers", {}).setdefault("Content-Type", "application/json")
     async with (
         aiohttp.ClientSession() as session,
         session.post(url + CHAT, data=data, **kwargs) as response,

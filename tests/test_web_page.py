@@ -400,10 +400,10 @@ async def test_model_output_is_shown_as_text_never_as_markup(browser: Browser) -
 async def test_a_typed_provider_model_wins_over_the_list(browser: Browser) -> None:
     async with FakeOpenAIServer() as upstream, gateway(upstream) as url:
         await _open_page(browser, url)
-        await browser.type_text("#model-custom", "openai:typed-model")
+        await browser.type_text("#model-custom", "typed-model")
         await _send(browser, "Which model?")
         await browser.wait_for(_answer_where("a.state === 'done'"))
-        # The gateway routes the "openai:" prefix and forwards the model name.
+        # The gateway's provider is fixed, so the model goes upstream as typed.
         assert upstream.requests[-1].json["model"] == "typed-model"
 
 

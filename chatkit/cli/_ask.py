@@ -7,7 +7,15 @@ import asyncio
 import sys
 from typing import Any, TextIO
 
-from chatkit.cli._common import Session, Status, add_client_options, error_line, stdin_text, write
+from chatkit.cli._common import (
+    Session,
+    Status,
+    add_client_options,
+    error_line,
+    stdin_text,
+    undecodable_line,
+    write,
+)
 
 __all__ = ["HELP", "add_arguments", "ask", "run"]
 
@@ -83,7 +91,11 @@ async def _ask_once(
 
 def run(args: argparse.Namespace) -> int:
     question = " ".join(args.question).strip()
-    piped = stdin_text(sys.stdin)
+    try:
+        piped = stdin_text(sys.stdin)
+    except UnicodeDecodeError as exc:
+        print(undecodable_line("standard input", exc), file=sys.stderr)
+        return 1
     if piped and piped.strip():
         question = f"{question}\n\n{piped.strip()}" if question else piped.strip()
     if not question:
@@ -96,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         session = Session(args, Status(sys.stderr))
         asyncio.run(_ask_once(session, build_messages(args.system, question), args))
+    except BrokenPipeError:
+        raise  # the reader went away (``| head``): main() ends quietly
     except Exception as exc:
         if args.debug:
             raise

@@ -14,7 +14,7 @@ import contextlib
 import sys
 from typing import Any
 
-from chatkit.cli._common import Session, Status, add_client_options, error_line
+from chatkit.cli._common import Session, Status, add_client_options, error_line, undecodable_line
 
 __all__ = ["HELP", "Conversation", "add_arguments", "run"]
 
@@ -53,11 +53,23 @@ class Conversation:
 
 
 def _read_line(prompt: str) -> str | None:
-    """One line from the user; None at end of input."""
+    """One line from the user; None at end of input.
+
+    Raises ``UnicodeDecodeError`` for a line that is not UTF-8 text.
+    """
     try:
-        return input(prompt)
+        line = input(prompt)
     except EOFError:
         return None
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # Python reads undecodable bytes as lone surrogates (surrogateescape);
+        # reported as the bytes they were, like undecodable piped input.
+        raw = line.encode("utf-8", "surrogateescape")
+        start = len(line[: exc.start].encode("utf-8", "surrogateescape"))
+        raise UnicodeDecodeError("utf-8", raw, start, start + 1, "invalid byte") from None
+    return line
 
 
 def _command(line: str, conversation: Conversation) -> str | None:
@@ -152,6 +164,9 @@ def _loop(
         except KeyboardInterrupt:
             print("^C (Ctrl-D or /exit to leave)")
             continue
+        except UnicodeDecodeError as exc:
+            print(undecodable_line("that line", exc) + " (ignored)", file=sys.stderr)
+            continue
         if line is None:
             print()
             return
@@ -172,6 +187,8 @@ def _loop(
             # or as CancelledError when the cancellation was absorbed on the way
             # out (retry and stream clean-up run their own cancel scopes).
             print("(stopped)", file=sys.stderr)
+        except BrokenPipeError:
+            raise  # stdout is gone: main() ends quietly
         except Exception as exc:
             if debug:
                 raise

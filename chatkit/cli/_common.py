@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import math
 import os
 import stat
 import time
@@ -24,8 +25,11 @@ __all__ = [
     "Status",
     "add_client_options",
     "error_line",
+    "finite_number",
     "request_params",
+    "seconds",
     "stdin_text",
+    "undecodable_line",
     "write",
 ]
 
@@ -49,12 +53,34 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--proxy", default=None, help="http(s):// or socks5:// proxy URL")
     group.add_argument("--retries", type=int, default=2, help="retries per provider (default 2)")
-    group.add_argument("--timeout", type=float, default=None, help="seconds for the whole call")
+    group.add_argument("--timeout", type=seconds, default=None, help="seconds for the whole call")
     sampling = parser.add_argument_group("generation")
     sampling.add_argument("-s", "--system", default=None, help="system prompt")
-    sampling.add_argument("--temperature", type=float, default=None)
+    sampling.add_argument("--temperature", type=finite_number, default=None)
     sampling.add_argument("--max-tokens", type=int, default=None)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def finite_number(text: str) -> float:
+    """An argparse type: a number, but not nan or inf (JSON has neither)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds (inf: no limit), never nan."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if math.isnan(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def request_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -73,6 +99,15 @@ def error_line(exc: BaseException) -> str:
     else:
         text = f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
     return "chatkit: error: " + " ".join(text.split())
+
+
+def undecodable_line(what: str, exc: UnicodeDecodeError) -> str:
+    """One line for stderr about input that is not text in the expected encoding."""
+    byte = exc.object[exc.start : exc.start + 1].hex()
+    return (
+        f"chatkit: error: {what} is not {exc.encoding} text"
+        f" (byte 0x{byte} at offset {exc.start}); convert it first, e.g. with iconv"
+    )
 
 
 class Status:
@@ -169,7 +204,10 @@ def write(stream: TextIO, text: str) -> None:
 
 
 def stdin_text(stdin: TextIO | None) -> str | None:
-    """Piped or redirected standard input, or None when it is a terminal or absent."""
+    """Piped or redirected standard input, or None when it is a terminal or absent.
+
+    Raises ``UnicodeDecodeError`` when the input is not text in its encoding.
+    """
     if stdin is None or stdin.closed:
         return None
     try:
@@ -181,4 +219,10 @@ def stdin_text(stdin: TextIO | None) -> str | None:
     # A pipe or a file is input meant for us; a socket or device (/dev/null) is not.
     if not (stat.S_ISFIFO(mode) or stat.S_ISREG(mode)):
         return None
-    return stdin.read()
+    buffer = getattr(stdin, "buffer", None)
+    if buffer is None:
+        return stdin.read()
+    # Decoded strictly here: Python's stdin may use surrogateescape, which
+    # turns bad bytes into lone surrogates that fail much later, obscurely.
+    data: bytes = buffer.read()
+    return data.decode(stdin.encoding or "utf-8")

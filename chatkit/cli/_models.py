@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             for model_id in asyncio.run(_fetch(None, args.base_url)):
                 print(model_id)
+        except BrokenPipeError:
+            raise  # the reader went away (``| head``): main() ends quietly
         except Exception as exc:
             if args.debug:
                 raise

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import chatkit
-from chatkit.cli._common import error_line
+from chatkit.cli._common import error_line, seconds
 from chatkit.providers import PROVIDERS, Local, default_provider_class, get_provider_class
 
 __all__ = ["HELP", "add_arguments", "build_client", "run"]
@@ -20,11 +23,36 @@ HELP = "Serve an OpenAI-compatible API (/v1/chat/completions, /v1/models) and a 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Imported here: every ``chatkit`` run imports this module for HELP, and
     # aiohttp.web is not cheap to import.
-    from chatkit.server import API_KEY_ENV, DEFAULT_HOST, DEFAULT_MAX_BODY_SIZE, DEFAULT_PORT
+    from chatkit.server import (
+        API_KEY_ENV,
+        DEFAULT_BODY_TIMEOUT,
+        DEFAULT_HEADER_TIMEOUT,
+        DEFAULT_HOST,
+        DEFAULT_MAX_BODY_SIZE,
+        DEFAULT_PORT,
+    )
 
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address (default {DEFAULT_HOST})")
     parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free)"
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help=f"port (default {DEFAULT_PORT}; 0: any free)",
+    )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also serve requests whose Host is NAME (repeatable; loopback names always"
+        " work; * allows any, e.g. behind a reverse proxy that checks it)",
+    )
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let web pages from ORIGIN (http://host:port) call the API (repeatable)",
     )
     parser.add_argument(
         "-p",
@@ -50,7 +78,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--proxy", default=None, help="proxy URL for upstream requests")
     parser.add_argument("--retries", type=int, default=2, help="retries per provider (default 2)")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds for each whole call")
+    parser.add_argument("--timeout", type=seconds, default=None, help="seconds for each whole call")
+    parser.add_argument(
+        "--header-timeout",
+        type=seconds,
+        default=DEFAULT_HEADER_TIMEOUT,
+        help="seconds a connection may take to send a request head, or stay idle"
+        f" (default {DEFAULT_HEADER_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=seconds,
+        default=DEFAULT_BODY_TIMEOUT,
+        help=f"seconds a request body may take to arrive (default {DEFAULT_BODY_TIMEOUT:g})",
+    )
     parser.add_argument(
         "--max-body-size",
         type=int,
@@ -58,6 +99,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"largest request body in bytes (default {DEFAULT_MAX_BODY_SIZE})",
     )
     parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, so that 99999 is a usage error, not a traceback."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535 (0: any free port), got {port}")
+    return port
+
+
+# Environment variables whose values are secrets, whatever the vendor.
+_SECRET_NAMES = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD)$", re.IGNORECASE)
+_PROXY_NAMES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+def _secrets(args: argparse.Namespace, api_key: str | None) -> Iterator[str]:
+    """Every secret this process knows of, to keep out of its log."""
+    if api_key:
+        yield api_key
+    for name, value in os.environ.items():
+        if value and _SECRET_NAMES.search(name):
+            yield value.strip()
+    proxies = [args.proxy] + [os.environ.get(n) or os.environ.get(n.lower()) for n in _PROXY_NAMES]
+    for proxy in proxies:
+        if proxy:
+            try:
+                password = urlsplit(proxy).password
+            except ValueError:
+                continue
+            if password:
+                yield password
+
+
+def _configure_logging(args: argparse.Namespace, api_key: str | None) -> None:
+    from chatkit.server import RedactSecrets
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # On the handlers, so it sees every record, from any library's logger.
+    redact = RedactSecrets(_secrets(args, api_key))
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redact)
+
+
+def _allowed_hosts(args: argparse.Namespace) -> list[str]:
+    """``--allowed-host`` values, plus the address served when it is a specific one.
+
+    An IP literal cannot be rebound by DNS, so a gateway started with
+    ``--host 192.168.1.5`` answers ``Host: 192.168.1.5:PORT`` without more ado.
+    """
+    hosts = list(args.allowed_host)
+    if args.host not in ("", "0.0.0.0", "::"):
+        hosts.append(f"[{args.host}]" if ":" in args.host else args.host)
+    return hosts
 
 
 def build_client(args: argparse.Namespace) -> tuple[chatkit.AsyncClient, list[Any]]:
@@ -93,12 +194,8 @@ def run(args: argparse.Namespace) -> int:
     from chatkit.server import API_KEY_ENV, create_app
     from chatkit.server import run as run_app
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    _configure_logging(args, api_key)
     try:
         client, instances = build_client(args)
         app = create_app(
@@ -107,6 +204,10 @@ def run(args: argparse.Namespace) -> int:
             max_body_size=args.max_body_size,
             default_model=args.model or None,
             close_client=True,
+            allowed_hosts=_allowed_hosts(args),
+            cors_origins=args.cors_origin,
+            header_timeout=args.header_timeout,
+            body_timeout=args.body_timeout,
         )
     except chatkit.ChatkitError as exc:
         if args.debug:

@@ -19,22 +19,31 @@ public chatkit API is used here.
 
 from ._app import (
     API_KEY_ENV,
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_MAX_BODY_SIZE,
     DEFAULT_PORT,
+    SHUTDOWN_TIMEOUT,
     create_app,
     run,
     serve,
 )
 from ._handlers import GATEWAY, Gateway
+from ._logging import AccessLogger, RedactSecrets
 
 __all__ = [
     "API_KEY_ENV",
+    "DEFAULT_BODY_TIMEOUT",
+    "DEFAULT_HEADER_TIMEOUT",
     "DEFAULT_HOST",
     "DEFAULT_MAX_BODY_SIZE",
     "DEFAULT_PORT",
     "GATEWAY",
+    "SHUTDOWN_TIMEOUT",
+    "AccessLogger",
     "Gateway",
+    "RedactSecrets",
     "create_app",
     "run",
     "serve",

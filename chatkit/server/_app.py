@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -16,14 +16,19 @@ from aiohttp.typedefs import Handler, Middleware
 import chatkit
 
 from ._failures import Failure, failure_from
+from ._guard import GUARD, Guard, add_cors_headers, guard_middleware
 from ._handlers import GATEWAY, Gateway, chat_completions, health, list_models
+from ._logging import AccessLogger, printable, quiet_accept_errors
 from ._page import add_page_routes
 
 __all__ = [
     "API_KEY_ENV",
+    "DEFAULT_BODY_TIMEOUT",
+    "DEFAULT_HEADER_TIMEOUT",
     "DEFAULT_HOST",
     "DEFAULT_MAX_BODY_SIZE",
     "DEFAULT_PORT",
+    "SHUTDOWN_TIMEOUT",
     "create_app",
     "run",
     "serve",
@@ -36,8 +41,17 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 # Room for a long conversation with a few inline (base64) images.
 DEFAULT_MAX_BODY_SIZE = 8 * 1024 * 1024
-# How long a stop waits for answers in progress before cancelling them.
+# How long a stop waits for answers in progress before cancelling them; the
+# whole stop takes at most this plus a moment for the cancelled ones to close.
 SHUTDOWN_TIMEOUT = 3.0
+# A connection must deliver a complete request head within this many seconds
+# of opening (or of its previous answer, when kept alive), or it is closed:
+# slow-header clients (slowloris) cannot hold sockets for ever.
+DEFAULT_HEADER_TIMEOUT = 15.0
+# The longest a request body may take to arrive once its head is in.
+DEFAULT_BODY_TIMEOUT = 60.0
+# Handler tasks of the requests in progress, for a bounded shutdown.
+_IN_FLIGHT = web.AppKey("chatkit_in_flight", set[asyncio.Task[object]])
 
 # The API needs the key; the health check and the page (static files) do not.
 _PROTECTED = (chat_completions, list_models)
@@ -50,6 +64,10 @@ def create_app(
     max_body_size: int = DEFAULT_MAX_BODY_SIZE,
     default_model: str | None = None,
     close_client: bool = False,
+    allowed_hosts: Iterable[str] = (),
+    cors_origins: Iterable[str] = (),
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ) -> web.Application:
     """An aiohttp application serving an OpenAI-compatible API on top of ``client``.
 
@@ -62,6 +80,13 @@ def create_app(
     default_model: used when a request names no model (``"provider:model"``
         allowed); otherwise the provider's own default.
     close_client: close ``client`` when the application shuts down.
+    allowed_hosts: ``Host`` names served besides loopback ones (``"*"``: any);
+        other hosts get 403 (DNS rebinding).
+    cors_origins: cross-site origins (``"http://host:port"``, ``"*"``) allowed
+        to call the API, with CORS headers; other cross-site requests get 403.
+    header_timeout: seconds a connection may take to send a request head
+        (counted from its opening, or from its previous answer when kept alive).
+    body_timeout: seconds a request body may take to arrive (408 after).
     """
     if api_key is not None and (not isinstance(api_key, str) or not api_key):
         raise chatkit.InvalidRequestError("api_key must be a non-empty string", field="api_key")
@@ -69,7 +94,11 @@ def create_app(
         raise chatkit.InvalidRequestError(
             "max_body_size must be a positive number of bytes", field="max_body_size"
         )
-    middlewares: list[Middleware] = [_errors]
+    for name, value in (("header_timeout", header_timeout), ("body_timeout", body_timeout)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise chatkit.InvalidRequestError(f"{name} must be a positive number", field=name)
+    guard = Guard.build(allowed_hosts, cors_origins)
+    middlewares: list[Middleware] = [_errors, _track, guard_middleware(guard)]
     if api_key is not None:
         middlewares.append(_bearer_auth(api_key))
     app = web.Application(
@@ -78,9 +107,21 @@ def create_app(
         # A caller that disconnects cancels its handler at once, and with it the
         # upstream request, even while the handler waits for the first token.
         # Set here (not on the runner) so that it holds however the app is run.
-        handler_args={"handler_cancellation": True},
+        # The header timeout is aiohttp's keep-alive timer, which also runs from
+        # a connection's opening until its first request head is complete.
+        handler_args={
+            "handler_cancellation": True,
+            "keepalive_timeout": header_timeout,
+            "access_log_class": AccessLogger,
+        },
     )
-    app[GATEWAY] = Gateway(client=client, default_model=default_model or None)
+    app[GATEWAY] = Gateway(
+        client=client, default_model=default_model or None, body_timeout=body_timeout
+    )
+    app[GUARD] = guard
+    app[_IN_FLIGHT] = set()
+    app.on_response_prepare.append(add_cors_headers)
+    app.on_shutdown.append(_drain)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)
@@ -92,6 +133,39 @@ def create_app(
 
         app.on_cleanup.append(_close)
     return app
+
+
+@web.middleware
+async def _track(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Remember the request's task, so that a shutdown can bound its wait for it."""
+    task = asyncio.current_task()
+    in_flight = request.app[_IN_FLIGHT]
+    if task is None:  # pragma: no cover  (aiohttp always runs handlers in a task)
+        return await handler(request)
+    in_flight.add(task)
+    try:
+        return await handler(request)
+    finally:
+        in_flight.discard(task)
+
+
+async def _drain(app: web.Application) -> None:
+    """``on_shutdown``: give answers in progress SHUTDOWN_TIMEOUT, then cancel them.
+
+    aiohttp's own bound is twice its timeout (a wait, then a second wait after
+    a cancel that does not reach a handler waiting upstream), so the gateway
+    cancels its handlers itself; they close their upstream requests at once.
+    """
+    tasks = app[_IN_FLIGHT].copy()
+    if not tasks:
+        return
+    logger.info("stopping: waiting up to %.1fs for %d answer(s)", SHUTDOWN_TIMEOUT, len(tasks))
+    _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT)
+    if pending:
+        logger.warning("stopping: cancelling %d answer(s) still in progress", len(pending))
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=1.0)
 
 
 @web.middleware
@@ -109,7 +183,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception as exc:
         failure = failure_from(exc)
         if failure.status == 500:
-            logger.exception("%s %s: unexpected error", request.method, request.path)
+            logger.exception(
+                "%s %s: unexpected error", printable(request.method), printable(request.path)
+            )
         else:
             _log(request, failure)
         return failure.response()
@@ -120,10 +196,11 @@ def _http_failure(request: web.Request, exc: web.HTTPException) -> Failure:
         message = f"the request body is larger than the limit of {_limit(exc)} bytes"
         return Failure(413, message, code="request_too_large")
     if exc.status == 404:
-        return Failure(404, f"no such endpoint: {request.path}", code="unknown_url")
+        return Failure(404, f"no such endpoint: {printable(request.path)}", code="unknown_url")
     if exc.status == 405:
         allowed = exc.headers.get("Allow", "")
-        message = f"{request.method} is not allowed on {request.path}; use {allowed}"
+        method, path = printable(request.method), printable(request.path)
+        message = f"{method} is not allowed on {path}; use {allowed}"
         return Failure(405, message, code="method_not_allowed")
     return Failure(exc.status, exc.reason)
 
@@ -135,7 +212,13 @@ def _limit(exc: web.HTTPException) -> str:
 
 
 def _log(request: web.Request, failure: Failure) -> None:
-    logger.warning("%s %s -> %d %s", request.method, request.path, failure.status, failure.message)
+    logger.warning(
+        "%s %s -> %d %s",
+        printable(request.method),
+        printable(request.path),
+        failure.status,
+        printable(failure.message),
+    )
 
 
 def _bearer_auth(api_key: str) -> Middleware:
@@ -180,6 +263,7 @@ async def serve(
     ``on_ready`` gets the URL once the socket listens (``port=0`` picks a free port).
     """
     runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    restore = quiet_accept_errors(asyncio.get_running_loop())
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -188,6 +272,7 @@ async def serve(
         await (stop or asyncio.Event()).wait()
     finally:
         await runner.cleanup()
+        restore()
 
 
 def run(

@@ -18,7 +18,7 @@ from aiohttp import web
 
 import chatkit
 
-__all__ = ["Failure", "error_type", "failure_from"]
+__all__ = ["Failure", "Refusal", "error_type", "failure_from"]
 
 _TYPES = {
     400: "invalid_request_error",
@@ -65,14 +65,28 @@ class Failure:
 
     def response(self, extra_headers: Mapping[str, str] | None = None) -> web.Response:
         headers = {**self.headers, **(extra_headers or {})}
-        return web.json_response(self.body(), status=self.status, headers=headers)
+        response = web.json_response(self.body(), status=self.status, headers=headers)
+        if self.status == 408:
+            # The rest of a body that did not arrive in time is not waited for.
+            response.force_close()
+        return response
 
     def sse_event(self) -> bytes:
         return b"data: " + json.dumps(self.body()).encode() + b"\n\n"
 
 
+class Refusal(Exception):
+    """The gateway refuses a request itself (bad body, foreign host); carries the answer."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
 def failure_from(exc: BaseException) -> Failure:
     """The gateway's answer to an exception raised while serving a request."""
+    if isinstance(exc, Refusal):
+        return exc.failure
     if isinstance(exc, chatkit.InvalidRequestError):
         code = "model_not_found" if isinstance(exc, chatkit.ModelNotFoundError) else None
         return Failure(400, str(exc), code=code, param=exc.field)

@@ -9,6 +9,7 @@ status. After it a failure can only be reported inside the stream: one
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Mapping
@@ -19,7 +20,9 @@ from aiohttp import web
 
 import chatkit
 
-from ._failures import Failure, failure_from
+from ._failures import Failure, Refusal, failure_from
+from ._logging import printable
+from ._wire import chunk_bytes, completion_bytes
 
 __all__ = ["GATEWAY", "Gateway", "chat_completions", "health", "list_models"]
 
@@ -45,29 +48,42 @@ class Gateway:
 
     client: chatkit.AsyncClient
     default_model: str | None = None
+    body_timeout: float | None = None
 
 
 GATEWAY = web.AppKey("chatkit_gateway", Gateway)
 
 
-class BadRequest(Exception):
-    """The request body cannot be used; carries the 400 answer."""
+class BadRequest(Refusal):
+    """The request body cannot be used: a 400 answer."""
 
     def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.failure = Failure(400, message, param=param)
+        super().__init__(Failure(400, message, param=param))
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+def _no_constants(name: str) -> float:
+    # NaN and Infinity are not JSON (RFC 8259); Python's parser accepts them,
+    # and upstreams would then get a body they cannot parse.
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+async def _json_object(request: web.Request, body_timeout: float | None) -> dict[str, Any]:
+    try:
+        async with asyncio.timeout(body_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        message = f"the request body did not arrive within {body_timeout:g} seconds"
+        raise Refusal(Failure(408, message, code="request_timeout")) from None
     if not raw.strip():
         raise BadRequest("the request body is empty; send a JSON object")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constants)
     except UnicodeDecodeError:
         raise BadRequest("the request body is not UTF-8 JSON") from None
     except ValueError as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest(f"the request body must be a JSON object, got {type(body).__name__}")
     return body
@@ -101,15 +117,13 @@ def _call_arguments(body: Mapping[str, Any], default_model: str | None) -> dict[
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
-    try:
-        arguments = _call_arguments(await _json_object(request), gateway.default_model)
-    except BadRequest as exc:
-        return exc.failure.response()
+    body = await _json_object(request, gateway.body_timeout)
+    arguments = _call_arguments(body, gateway.default_model)
     create = gateway.client.chat.completions.create
     if arguments["stream"] is True:
         return await _stream(request, create(**arguments))
     completion = await create(**arguments)
-    return web.Response(body=completion.model_dump_json(), content_type="application/json")
+    return web.Response(body=completion_bytes(completion), content_type="application/json")
 
 
 async def _stream(request: web.Request, stream: chatkit.AsyncChatStream) -> web.StreamResponse:
@@ -133,18 +147,22 @@ async def _stream(request: web.Request, stream: chatkit.AsyncChatStream) -> web.
                 failure = failure_from(exc)
                 logger.warning(
                     "%s %s: stream failed after it had started: %s",
-                    request.method,
-                    request.path,
+                    printable(request.method),
+                    printable(request.path),
                     failure.message,
                 )
                 await response.write(failure.sse_event())
                 break
-            await response.write(b"data: " + chunk.model_dump_json().encode() + b"\n\n")
+            await response.write(chunk_bytes(chunk))
         await response.write_eof()
     except ConnectionResetError:
         # The caller went away between two writes; the upstream request is
         # closed below, and there is nobody left to answer.
-        logger.info("%s %s: the client disconnected mid-stream", request.method, request.path)
+        logger.info(
+            "%s %s: the client disconnected mid-stream",
+            printable(request.method),
+            printable(request.path),
+        )
     finally:
         # Also on cancellation (the caller disconnected while we waited for
         # upstream): closes the upstream response at once.
