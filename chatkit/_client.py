@@ -7,49 +7,57 @@ the call to ``RetryingCall``. It owns one ``Transport`` (the aiohttp sessions).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import re
+from collections.abc import Coroutine, Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
 from pydantic import BaseModel, ValidationError
 
-from chatkit._config import DEFAULT_TIMEOUT, check_base_url, coerce_timeout
-from chatkit._errors import InvalidRequestError, ResponseDecodeError
+from chatkit._config import (
+    DEFAULT_LIMITS,
+    DEFAULT_TIMEOUT,
+    Limits,
+    Timeout,
+    check_base_url,
+    check_header_value,
+    coerce_timeout,
+)
+from chatkit._errors import ClientClosedError, InvalidRequestError, ResponseDecodeError
 from chatkit._proxy import ProxySettings
-from chatkit._request import ChatRequest, build_request
+from chatkit._request import ChatRequest, build_request, check_headers, strict_json_schema
 from chatkit._retry import RetryingCall, RetryPolicy
 from chatkit._streaming import AsyncChatStream
 from chatkit._transport import HTTPClient, Transport
 from chatkit._types import ChatCompletion, Model
 from chatkit.providers import (
-    PROVIDERS,
     OpenAI,
     default_provider_class,
     get_provider_class,
+    model_for,
     provider_name,
+    split_model,
 )
+from chatkit.providers._base import supports_strict_schema
 
 __all__ = ["AsyncClient", "parse_content"]
 
 BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
 
 
-def _check_headers(value: object, field: str) -> dict[str, str]:
+def _check_api_key(value: object) -> str | Mapping[str, str] | None:
+    """A key as it may go into a header; a mapping of keys per provider name too."""
     if value is None:
-        return {}
-    if not isinstance(value, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise InvalidRequestError(f"{field} must be a dict of strings", field=field)
-    return dict(value)
-
-
-def split_model(model: str) -> tuple[str | None, str]:
-    """``"groq:llama-3.3"`` -> ``("groq", "llama-3.3")`` when the prefix names a provider."""
-    prefix, sep, rest = model.partition(":")
-    if sep and prefix.lower() in PROVIDERS:
-        return prefix.lower(), rest
-    return None, model
+        return None
+    if isinstance(value, str):
+        return check_header_value(value, "api_key")
+    if isinstance(value, Mapping):
+        for name, key in value.items():
+            if not isinstance(name, str):
+                raise InvalidRequestError("api_key keys must be provider names", field="api_key")
+            check_header_value(key, f"api_key[{name}]")
+        return dict(value)
+    raise InvalidRequestError("api_key must be a string", field="api_key")
 
 
 class AsyncClient:
@@ -60,6 +68,11 @@ class AsyncClient:
     None: then ``base_url`` makes an OpenAI-compatible provider, or, per call,
     the model string's ``"name:"`` prefix picks one, or the first provider
     whose API key is set in the environment, or the embedded local model.
+    With a provider fixed, the model string goes upstream as it is (Ollama's
+    ``"mistral:7b"`` stays whole); see ``chatkit.providers.model_for``.
+
+    ``limits`` caps the connections the client keeps open (``chatkit.Limits``).
+    A closed client raises ``ClientClosedError`` at once for every new call.
     """
 
     def __init__(
@@ -70,20 +83,23 @@ class AsyncClient:
         base_url: str | None = None,
         proxies: Mapping[str, str | None] | str | None = None,
         proxy: str | None = None,
-        timeout: Any = None,
+        timeout: Timeout | float | None = None,
         max_retries: int = 2,
         default_headers: Mapping[str, str] | None = None,
         trust_env: bool = True,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
-        if api_key is not None and not isinstance(api_key, str | Mapping):
-            raise InvalidRequestError("api_key must be a string", field="api_key")
-        self._api_key = api_key
+        self._api_key = _check_api_key(api_key)
         self._base_url = check_base_url(base_url) if base_url is not None else None
         self._timeout = coerce_timeout(timeout) or DEFAULT_TIMEOUT
         self._policy = RetryPolicy(max_retries=max_retries)
-        self._headers = _check_headers(default_headers, "default_headers")
+        self._headers = check_headers(default_headers, "default_headers")
+        if not isinstance(limits, Limits):
+            raise InvalidRequestError(
+                f"limits must be a chatkit.Limits, got {type(limits).__name__}", field="limits"
+            )
         self._proxy = ProxySettings.create(proxy=proxy, proxies=proxies, trust_env=trust_env)
-        self._transport = Transport(self._proxy)
+        self._transport = Transport(self._proxy, limits=limits)
         self._owned: dict[type, Any] = {}
         self._provider = self._instantiate(provider) if provider is not None else None
         if self._provider is None and self._base_url is not None:
@@ -101,7 +117,7 @@ class AsyncClient:
         return self._policy.max_retries
 
     @property
-    def timeout(self) -> Any:
+    def timeout(self) -> Timeout:
         return self._timeout
 
     def __repr__(self) -> str:
@@ -118,6 +134,13 @@ class AsyncClient:
     def _instantiate(self, spec: Any) -> Any:
         if isinstance(spec, str):
             spec = get_provider_class(spec)
+        if not callable(getattr(spec, "stream", None)):
+            # Checked on a class too: provider=int must not be called with api_key=.
+            what = f"the class {spec.__name__}" if isinstance(spec, type) else type(spec).__name__
+            raise InvalidRequestError(
+                f"provider must be a provider class, instance or registered name, got {what}",
+                field="provider",
+            )
         if isinstance(spec, type):
             # One instance per class per client: a provider may hold costly state
             # (the local model's child process), and the client closes what it made.
@@ -131,28 +154,41 @@ class AsyncClient:
                     kwargs["base_url"] = self._base_url
                 made = self._owned[spec] = spec(**kwargs)
             return made
-        if not callable(getattr(spec, "stream", None)):
-            raise InvalidRequestError(
-                "provider must be a provider class, instance or registered name, got"
-                f" {type(spec).__name__}",
-                field="provider",
-            )
         return spec
 
-    def _pick(self, override: Any, request: ChatRequest) -> tuple[Any, ChatRequest]:
-        prefix, model = split_model(request.model)
-        if prefix is not None:
-            request = dataclasses.replace(request, model=model)
+    def _choose(self, override: Any, model: str) -> tuple[Any, str]:
+        """The provider for one call and the model string it receives.
+
+        A ``"name:"`` prefix chooses the provider only when none is fixed
+        (per call or on the client); a fixed provider gets ``model_for``'s
+        answer (the string unchanged, its own name stripped, or an error).
+        """
         if override is not None:
-            return self._instantiate(override), request
-        if self._provider is not None:
-            return self._provider, request
-        return self._instantiate(prefix or default_provider_class()), request
+            provider = self._instantiate(override)
+        elif self._provider is not None:
+            provider = self._provider
+        else:
+            prefix, rest = split_model(model)
+            if prefix is not None:
+                return self._instantiate(prefix), rest
+            return self._instantiate(default_provider_class()), model
+        return provider, model_for(provider, model)
+
+    def _check_open(self) -> None:
+        if self._transport.closed:
+            # At once, before any provider is made: a closed client is the
+            # caller's mistake, not a network failure worth retrying.
+            raise ClientClosedError(
+                f"{type(self).__name__} is closed; create a new client for more calls"
+            )
 
     def _start(
         self, override: Any, request: ChatRequest, proxy: object
     ) -> tuple[RetryingCall, HTTPClient]:
-        provider, request = self._pick(override, request)
+        self._check_open()
+        provider, model = self._choose(override, request.model)
+        if model != request.model:
+            request = dataclasses.replace(request, model=model)
         proxy_settings = None
         if proxy is not None:
             proxy_settings = ProxySettings.create(proxy=proxy, trust_env=self._proxy.trust_env)
@@ -203,40 +239,71 @@ class _Completions:
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
 
+    # The overloads spell out every named argument, so that a typo'd keyword
+    # or a wrong type fails the caller's type check; **params are the
+    # OpenAI parameters (checked at run time, before any I/O).
     @overload
     def create(
         self,
         messages: Any = ...,
-        model: str = ...,
+        model: str | None = ...,
+        *,
+        stream: Literal[False] = False,
+        provider: Any = ...,
+        proxy: str | None = ...,
+        timeout: Timeout | float | None = ...,
+        extra_headers: Mapping[str, str] | None = ...,
+        extra_query: Mapping[str, str] | None = ...,
+        extra_body: Mapping[str, Any] | None = ...,
+        **params: Any,
+    ) -> Coroutine[Any, Any, ChatCompletion]: ...
+
+    @overload
+    def create(
+        self,
+        messages: Any = ...,
+        model: str | None = ...,
         *,
         stream: Literal[True],
-        **kwargs: Any,
+        provider: Any = ...,
+        proxy: str | None = ...,
+        timeout: Timeout | float | None = ...,
+        extra_headers: Mapping[str, str] | None = ...,
+        extra_query: Mapping[str, str] | None = ...,
+        extra_body: Mapping[str, Any] | None = ...,
+        **params: Any,
     ) -> AsyncChatStream: ...
 
     @overload
     def create(
         self,
         messages: Any = ...,
-        model: str = ...,
+        model: str | None = ...,
         *,
-        stream: Literal[False] = ...,
-        **kwargs: Any,
-    ) -> Any: ...
+        stream: bool,
+        provider: Any = ...,
+        proxy: str | None = ...,
+        timeout: Timeout | float | None = ...,
+        extra_headers: Mapping[str, str] | None = ...,
+        extra_query: Mapping[str, str] | None = ...,
+        extra_body: Mapping[str, Any] | None = ...,
+        **params: Any,
+    ) -> Coroutine[Any, Any, ChatCompletion] | AsyncChatStream: ...
 
     def create(
         self,
         messages: Any = None,
-        model: str = "",
+        model: str | None = "",
         *,
         stream: bool = False,
         provider: Any = None,
         proxy: str | None = None,
-        timeout: Any = None,
+        timeout: Timeout | float | None = None,
         extra_headers: Mapping[str, str] | None = None,
         extra_query: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
         **params: Any,
-    ) -> Any:
+    ) -> Coroutine[Any, Any, ChatCompletion] | AsyncChatStream:
         """Create a chat completion.
 
         ``stream=False``: a coroutine resolving to a ``ChatCompletion``.
@@ -261,15 +328,18 @@ class _Completions:
     async def parse(
         self,
         messages: Any = None,
-        model: str = "",
+        model: str | None = "",
         *,
         response_format: type[BaseModelT],
         **kwargs: Any,
     ) -> BaseModelT:
         """Ask for JSON matching a pydantic model and return the validated object.
 
-        The model's JSON schema is sent as ``response_format`` (``json_schema``);
-        an answer that does not validate raises ``ResponseDecodeError``.
+        The model's JSON schema is sent as ``response_format`` (``json_schema``).
+        A provider that declares ``Capabilities.strict_json_schema`` (OpenAI
+        and its compatible presets) gets ``"strict": true`` and the schema in
+        the strict form OpenAI demands (see ``strict_json_schema``). An answer
+        that does not validate raises ``ResponseDecodeError``.
         """
         if not (isinstance(response_format, type) and issubclass(response_format, BaseModel)):
             raise InvalidRequestError(
@@ -278,15 +348,27 @@ class _Completions:
         if kwargs.get("stream"):
             raise InvalidRequestError("parse() does not stream", field="stream")
         kwargs.pop("stream", None)
-        schema = {
-            "type": "json_schema",
-            "json_schema": {
-                "name": response_format.__name__,
-                "schema": response_format.model_json_schema(),
-            },
-        }
-        completion = await self.create(messages, model, response_format=schema, **kwargs)
+        if model is not None and not isinstance(model, str):
+            raise InvalidRequestError(
+                f"model: must be a string, got {type(model).__name__}", field="model"
+            )
+        self._client._check_open()
+        provider, _ = self._client._choose(kwargs.get("provider"), model or "")
+        schema: dict[str, Any] = response_format.model_json_schema()
+        spec: dict[str, Any] = {"name": _schema_name(response_format)}
+        if supports_strict_schema(provider):
+            spec["schema"] = strict_json_schema(schema)
+            spec["strict"] = True
+        else:
+            spec["schema"] = schema
+        fmt = {"type": "json_schema", "json_schema": spec}
+        completion = await self.create(messages, model, response_format=fmt, **kwargs)
         return parse_content(completion, response_format)
+
+
+def _schema_name(model: type[BaseModel]) -> str:
+    # OpenAI accepts ^[a-zA-Z0-9_-]{1,64}$; a generic model is named "Page[Item]".
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", model.__name__)[:64] or "response"
 
 
 def parse_content(completion: ChatCompletion, model: type[BaseModelT]) -> BaseModelT:
@@ -315,6 +397,7 @@ class _Models:
 
     async def list(self, provider: Any = None) -> list[Model]:
         """The models the provider offers, from its list endpoint."""
+        self._client._check_open()
         chosen = self._client._instantiate(provider) if provider is not None else None
         chosen = (
             chosen or self._client._provider or self._client._instantiate(default_provider_class())

@@ -7,14 +7,24 @@ objects are copied, never mutated.
 from __future__ import annotations
 
 import copy
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatkit._config import Timeout, coerce_timeout
+from chatkit._config import Timeout, check_header_value, coerce_timeout
 from chatkit._errors import InvalidRequestError
 
-__all__ = ["OPENAI_PARAMS", "ChatRequest", "build_request", "validate_messages"]
+__all__ = [
+    "OPENAI_PARAMS",
+    "ChatRequest",
+    "build_request",
+    "check_headers",
+    "copy_json",
+    "strict_json_schema",
+    "validate_messages",
+]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
@@ -91,9 +101,11 @@ def _check_parts(parts: Sequence[Any], where: str) -> None:
         if not isinstance(part, Mapping):
             raise _fail(f"a content part must be a dict, got {type(part).__name__}", here)
         kind = part.get("type")
-        if kind not in PART_TYPES:
+        # A str check first: a list or dict cannot even be looked up in a set.
+        if not isinstance(kind, str) or kind not in PART_TYPES:
             raise _fail(
-                f"unknown content part type {kind!r}; use one of {sorted(PART_TYPES)}", here
+                f"unknown content part type {kind!r}; use one of {sorted(PART_TYPES)}",
+                f"{here}.type",
             )
         if kind == "text" and not isinstance(part.get("text"), str):
             raise _fail("a text part needs a string 'text'", f"{here}.text")
@@ -135,20 +147,46 @@ def _check_tool_calls(calls: Any, where: str) -> None:
             raise _fail("a tool call needs a string 'id'", f"{here}.id")
 
 
-_IMMUTABLE = (str, int, float, bool, type(None))
+# The integers every JSON peer reads exactly: a signed 64-bit value (OpenAI's
+# ``seed`` range). Larger ones are sent as digits some servers reject or
+# round, so they are refused here instead.
+MAX_INT = 2**63 - 1
+MIN_INT = -(2**63)
+
+
+class _NotJSON(Exception):
+    """A value that cannot be sent as JSON; ``path`` grows as the walk unwinds."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path: list[str | int] = []
 
 
 def copy_json(value: Any, field_name: str = "request") -> Any:
-    """A deep copy of JSON-shaped data, several times faster than ``copy.deepcopy``.
+    """Check that ``value`` is JSON that every peer reads, and return a deep copy of it.
 
-    Plain dicts, lists and tuples are rebuilt and immutable scalars shared;
-    anything else (a dict subclass, a caller's own object) goes through
-    ``copy.deepcopy`` so its type and contents are kept as they were. Data
-    that refers to itself (or nests absurdly deep) cannot be sent as JSON:
-    that is an ``InvalidRequestError`` naming ``field_name``, before any I/O.
+    The one checker of request data: messages, parameters, tools and
+    ``extra_body`` all pass through here before any I/O. Accepted: dicts
+    with string (or integer) keys, lists, tuples, strings that encode as
+    UTF-8 (no lone surrogates), finite floats, integers within a signed
+    64-bit range, bools and None. Anything else (bytes, sets, NaN, Infinity,
+    arbitrary objects) is an ``InvalidRequestError`` naming the exact place,
+    such as ``messages[1].content[0].text`` or ``extra_body.options``.
+
+    Plain dicts, lists and tuples are rebuilt and immutable scalars shared,
+    several times faster than ``copy.deepcopy``; subclasses (an
+    ``OrderedDict``) are checked, then deep-copied so their type is kept.
+    Data that refers to itself (or nests absurdly deep) cannot be sent
+    either.
     """
     try:
         return _copy_json(value)
+    except _NotJSON as exc:
+        where = field_name + "".join(
+            f"[{step}]" if isinstance(step, int) else f".{step}" for step in reversed(exc.path)
+        )
+        raise _fail(exc.message, where) from None
     except RecursionError:
         raise _fail(
             "refers to itself (or nests too deeply) and cannot be sent as JSON", field_name
@@ -157,15 +195,69 @@ def copy_json(value: Any, field_name: str = "request") -> Any:
 
 def _copy_json(value: Any) -> Any:
     kind = type(value)
-    if kind is dict:
-        return {key: _copy_json(item) for key, item in value.items()}
-    if kind is list:
-        return [_copy_json(item) for item in value]
-    if kind is tuple:
-        return tuple(_copy_json(item) for item in value)
-    if kind in _IMMUTABLE:
+    # Exact types first: this runs for every value of every request.
+    if kind is str:
+        if not value.isascii():
+            _check_text(value)
         return value
-    return copy.deepcopy(value)
+    if kind is dict:
+        copied: dict[Any, Any] = {}
+        for key, item in value.items():
+            try:
+                _check_key(key)
+                copied[key] = _copy_json(item)
+            except _NotJSON as exc:
+                exc.path.append(key if type(key) is str else str(key))
+                raise
+        return copied
+    if kind is list or kind is tuple:
+        items = []
+        for index, item in enumerate(value):
+            try:
+                items.append(_copy_json(item))
+            except _NotJSON as exc:
+                exc.path.append(index)
+                raise
+        return items if kind is list else tuple(items)
+    if value is None or kind is bool:
+        return value
+    if kind is int:
+        if not MIN_INT <= value <= MAX_INT:
+            raise _NotJSON(f"integer {value} is beyond what JSON peers read exactly (64-bit)")
+        return value
+    if kind is float:
+        if not math.isfinite(value):
+            raise _NotJSON(f"{value!r} is not a JSON number")
+        return value
+    if isinstance(value, bool | int | float | str | dict | list | tuple):
+        # A subclass (IntEnum, StrEnum, OrderedDict, a named tuple): check its
+        # contents as the plain type, then copy it whole to keep its type.
+        _copy_json(_as_plain(value))
+        return copy.deepcopy(value)
+    raise _NotJSON(f"{kind.__name__} cannot be sent as JSON")
+
+
+def _as_plain(value: Any) -> Any:
+    plain: Any
+    for plain in (bool, int, float, str, dict, list, tuple):
+        if isinstance(value, plain):
+            return plain(value)
+    raise AssertionError(value)  # pragma: no cover - the caller checked the types
+
+
+def _check_key(key: Any) -> None:
+    if type(key) is str:
+        if not key.isascii():
+            _check_text(key)
+    elif type(key) is not int:  # int keys are sent as strings ({token_id: bias})
+        raise _NotJSON(f"a {type(key).__name__} key cannot be sent as JSON; use strings")
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _NotJSON("text with a lone surrogate cannot be sent as UTF-8") from None
 
 
 def validate_messages(messages: object) -> list[dict[str, Any]]:
@@ -181,7 +273,7 @@ def validate_messages(messages: object) -> list[dict[str, Any]]:
         role = message.get("role")
         if role is None:
             raise _fail("missing 'role'", f"{where}.role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise _fail(f"unknown role {role!r}; use one of {sorted(ROLES)}", f"{where}.role")
         _check_content(message, role, where)
         if role == "tool" and not isinstance(message.get("tool_call_id"), str):
@@ -217,7 +309,32 @@ def _check_str_map(value: object, field_name: str) -> dict[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise _fail("must be a dict of strings", field_name)
-    return dict(value)
+    checked: dict[str, str] = copy_json(dict(value), field_name)
+    return checked
+
+
+# RFC 9110 token characters: what a header name may be made of.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def check_headers(value: object, field_name: str) -> dict[str, str]:
+    """Headers as they may be sent: token names, values without CR/LF/NUL, Latin-1.
+
+    The field named in an error is ``field_name[Header-Name]``; values are
+    never quoted (they are often keys).
+    """
+    headers = _check_str_map(value, field_name)
+    for name, header in headers.items():
+        if not _TOKEN.fullmatch(name):
+            raise _fail(f"{name!r} is not a valid header name", f"{field_name}[{name!r}]")
+        where = f"{field_name}[{name}]"
+        check_header_value(header, where)
+        if not header.isascii():
+            try:
+                header.encode("latin-1")
+            except UnicodeEncodeError:
+                raise _fail("a header value must be Latin-1 text", where) from None
+    return headers
 
 
 def build_request(
@@ -236,6 +353,7 @@ def build_request(
         model = ""
     if not isinstance(model, str):
         raise _fail(f"must be a string, got {type(model).__name__}", "model")
+    copy_json(model, "model")  # no lone surrogates
     if not isinstance(stream, bool):
         raise _fail(f"must be True or False, got {type(stream).__name__}", "stream")
     if extra_body is not None and not isinstance(extra_body, Mapping):
@@ -245,8 +363,71 @@ def build_request(
         messages=validate_messages(messages),
         stream=stream,
         params=_check_params(params),
-        extra_headers=_check_str_map(extra_headers, "extra_headers"),
+        extra_headers=check_headers(extra_headers, "extra_headers"),
         extra_query=_check_str_map(extra_query, "extra_query"),
         extra_body=copy_json(dict(extra_body or {}), "extra_body"),
         timeout=coerce_timeout(timeout),
     )
+
+
+def strict_json_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` in the strict form OpenAI's Structured Outputs demand, as a new dict.
+
+    As openai-python's ``to_strict_json_schema``: every object schema gets
+    ``additionalProperties: false`` (unless it sets it), every property is
+    listed in ``required`` (an ``Optional[X] = None`` field stays nullable
+    through its ``anyOf``; a field with another default must then be
+    answered), ``$defs`` / ``definitions`` and every ``properties``,
+    ``items``, ``prefixItems``, ``anyOf`` and ``allOf`` are walked, a
+    one-entry ``allOf`` is merged, ``None`` defaults dropped, and a ``$ref``
+    with sibling keys (a described field) is inlined, since strict mode
+    allows no siblings next to ``$ref``. The caller's schema is not changed.
+    """
+    root: dict[str, Any] = copy_json(dict(schema), "response_format")
+    strict: dict[str, Any] = _strict(root, root)
+    return strict
+
+
+def _strict(node: Any, root: dict[str, Any]) -> Any:
+    if not isinstance(node, dict):
+        return node
+    for key in ("$defs", "definitions"):
+        defs = node.get(key)
+        if isinstance(defs, dict):
+            for name, sub in defs.items():
+                defs[name] = _strict(sub, root)
+    if node.get("type") == "object" and "additionalProperties" not in node:
+        node["additionalProperties"] = False
+    properties = node.get("properties")
+    if isinstance(properties, dict):
+        node["required"] = list(properties)
+        node["properties"] = {key: _strict(sub, root) for key, sub in properties.items()}
+    if isinstance(node.get("items"), dict):
+        node["items"] = _strict(node["items"], root)
+    for key in ("prefixItems", "anyOf", "allOf"):
+        if isinstance(node.get(key), list):
+            node[key] = [_strict(sub, root) for sub in node[key]]
+    all_of = node.get("allOf")
+    if isinstance(all_of, list) and len(all_of) == 1 and isinstance(all_of[0], dict):
+        del node["allOf"]
+        node.update(all_of[0])
+    if "default" in node and node["default"] is None:
+        del node["default"]
+    ref = node.get("$ref")
+    if isinstance(ref, str) and len(node) > 1:
+        resolved = _resolve_ref(root, ref)
+        # The node's own keys (its description) win over the definition's.
+        merged = {**resolved, **node}
+        del merged["$ref"]
+        return _strict(merged, root)
+    return node
+
+
+def _resolve_ref(root: dict[str, Any], ref: str) -> dict[str, Any]:
+    target: Any = root
+    if ref.startswith("#/"):
+        for step in ref[2:].split("/"):
+            target = target.get(step) if isinstance(target, dict) else None
+    if not isinstance(target, dict):
+        raise _fail(f"cannot resolve $ref {ref!r} in the schema", "response_format")
+    return dict(target)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 from chatkit import _portal
 from chatkit._assemble import CompletionBuilder
 from chatkit._client import AsyncClient
+from chatkit._config import DEFAULT_LIMITS, Limits, Timeout
 from chatkit._errors import StreamInterrupted
 from chatkit._types import ChatCompletion, ChatCompletionChunk, CompletionUsage, Model
 
@@ -206,10 +207,11 @@ class Client:
         base_url: str | None = None,
         proxies: Mapping[str, str | None] | str | None = None,
         proxy: str | None = None,
-        timeout: Any = None,
+        timeout: Timeout | float | None = None,
         max_retries: int = 2,
         default_headers: Mapping[str, str] | None = None,
         trust_env: bool = True,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self._async = AsyncClient(
             provider,
@@ -221,6 +223,7 @@ class Client:
             max_retries=max_retries,
             default_headers=default_headers,
             trust_env=trust_env,
+            limits=limits,
         )
         self._streams: weakref.WeakSet[ChatStream] = weakref.WeakSet()
         self._streams_lock = threading.Lock()
@@ -246,7 +249,7 @@ class Client:
         return self._async.max_retries
 
     @property
-    def timeout(self) -> Any:
+    def timeout(self) -> Timeout:
         return self._async.timeout
 
     @property
@@ -314,45 +317,65 @@ class _Completions:
     def __init__(self, client: Client) -> None:
         self._client = client
 
+    # As AsyncClient's: every named argument spelled out, **params are the
+    # OpenAI parameters.
     @overload
     def create(
         self,
         messages: Any = ...,
-        model: str = ...,
+        model: str | None = ...,
         *,
-        stream: Literal[True],
-        **kwargs: Any,
-    ) -> ChatStream: ...
-
-    @overload
-    def create(
-        self,
-        messages: Any = ...,
-        model: str = ...,
-        *,
-        stream: Literal[False] = ...,
-        **kwargs: Any,
+        stream: Literal[False] = False,
+        provider: Any = ...,
+        proxy: str | None = ...,
+        timeout: Timeout | float | None = ...,
+        extra_headers: Mapping[str, str] | None = ...,
+        extra_query: Mapping[str, str] | None = ...,
+        extra_body: Mapping[str, Any] | None = ...,
+        **params: Any,
     ) -> ChatCompletion: ...
 
     @overload
     def create(
         self,
         messages: Any = ...,
-        model: str = ...,
+        model: str | None = ...,
+        *,
+        stream: Literal[True],
+        provider: Any = ...,
+        proxy: str | None = ...,
+        timeout: Timeout | float | None = ...,
+        extra_headers: Mapping[str, str] | None = ...,
+        extra_query: Mapping[str, str] | None = ...,
+        extra_body: Mapping[str, Any] | None = ...,
+        **params: Any,
+    ) -> ChatStream: ...
+
+    @overload
+    def create(
+        self,
+        messages: Any = ...,
+        model: str | None = ...,
         *,
         stream: bool,
-        **kwargs: Any,
+        provider: Any = ...,
+        proxy: str | None = ...,
+        timeout: Timeout | float | None = ...,
+        extra_headers: Mapping[str, str] | None = ...,
+        extra_query: Mapping[str, str] | None = ...,
+        extra_body: Mapping[str, Any] | None = ...,
+        **params: Any,
     ) -> ChatCompletion | ChatStream: ...
 
     def create(
         self,
         messages: Any = None,
-        model: str = "",
+        model: str | None = "",
         *,
         stream: bool = False,
         provider: Any = None,
         proxy: str | None = None,
-        timeout: Any = None,
+        timeout: Timeout | float | None = None,
         extra_headers: Mapping[str, str] | None = None,
         extra_query: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
@@ -382,7 +405,7 @@ class _Completions:
     def parse(
         self,
         messages: Any = None,
-        model: str = "",
+        model: str | None = "",
         *,
         response_format: type[BaseModelT],
         **kwargs: Any,

@@ -143,3 +143,12 @@ def test_serve_refuses_a_bad_allowed_host_with_one_line() -> None:
     result = run_cli("serve", "--base-url", "http://127.0.0.1:9/v1", "--allowed-host", "a:b")
     assert result.returncode == 1
     assert "allowed_hosts" in one_line(result.stderr)
+
+
+@pytest.mark.parametrize("model", ["mistral:7b", "openai:gpt-4o", "ollama:llama3.2"])
+def test_with_base_url_the_model_reaches_the_server_unchanged(
+    fake: FakeOpenAIServer, model: str
+) -> None:
+    result = run_cli("--base-url", fake.base_url, "-m", model, "--no-stream", "hi")
+    assert result.returncode == 0, result.stderr.decode()
+    assert [r.json["model"] for r in fake.requests] == [model]

@@ -201,7 +201,7 @@ def test_a_closed_client_refuses_new_calls(server: FakeOpenAIServer) -> None:
     client = make_client(server)
     client.close()
     client.close()  # idempotent
-    with pytest.raises(chatkit.APIConnectionError, match="closed"):
+    with pytest.raises(chatkit.ClientClosedError, match="closed"):
         client.chat.completions.create(messages=HELLO)
 
 

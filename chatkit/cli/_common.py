@@ -159,7 +159,8 @@ class Session:
         provider: Any = args.provider
         self.model = args.model
         prefix, sep, rest = self.model.partition(":")
-        if provider is None and sep and prefix.lower() in PROVIDERS:
+        # With --base-url the server is fixed: a colon is part of the model (mistral:7b).
+        if provider is None and args.base_url is None and sep and prefix.lower() in PROVIDERS:
             provider, self.model = prefix.lower(), rest
         if provider is None and args.base_url is None:
             provider = default_provider_class()  # raises MissingAuthError naming the keys

@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 from chatkit._config import env_value
-from chatkit._errors import MissingAuthError, ProviderNotFoundError
+from chatkit._errors import InvalidRequestError, MissingAuthError, ProviderNotFoundError
 from chatkit.providers._base import Provider, provider_name
 from chatkit.providers.anthropic import Anthropic
 from chatkit.providers.gemini import Gemini
@@ -50,7 +50,10 @@ __all__ = [
     "default_provider_class",
     "get_provider_class",
     "is_configured",
+    "model_for",
     "provider_name",
+    "registered_name",
+    "split_model",
     "vLLM",
     "xAI",
 ]
@@ -168,3 +171,78 @@ def default_provider_class() -> type:
         " the embedded model with pip install 'chatkit[local]'",
         env_var="OPENAI_API_KEY",
     )
+
+
+# -- the model string -----------------------------------------------------------
+
+# Servers whose model names are their own tags, where a colon belongs to the
+# name (Ollama's "mistral:7b", whatever a local server was started with):
+# another provider's name before the colon is part of the model, not a route.
+TAGGED_MODEL_NAMES = frozenset({"ollama", "local", "vllm", "llamacpp", "lmstudio"})
+
+
+def split_model(model: str) -> tuple[str | None, str]:
+    """``"groq:llama-3.3"`` -> ``("groq", "llama-3.3")`` when the prefix names a provider.
+
+    Only for a call whose provider is not fixed: the prefix then chooses it.
+    """
+    prefix, sep, rest = model.partition(":")
+    if sep and prefix.lower() in PROVIDERS:
+        return prefix.lower(), rest
+    return None, model
+
+
+def registered_name(provider: Any) -> str | None:
+    """The registry name of a provider's exact class, or None (third-party, combinators)."""
+    cls = provider if isinstance(provider, type) else type(provider)
+    for name, registered in PROVIDERS.items():
+        if registered is cls:
+            return name
+    return None
+
+
+def model_for(provider: Any, model: str) -> str:
+    """The model string that ``provider``, fixed for this call, receives for ``model``.
+
+    The ``"name:"`` prefix routes only calls whose provider is not fixed.
+    Here the provider is already chosen, so the string goes upstream as it
+    is, except in two cases:
+
+    - the prefix is the provider's own registry name (``"anthropic:claude-..."``
+      with ``Anthropic``, ``"ollama:llama3.2"`` with ``Ollama``): stripped, so
+      one model string works with and without a fixed provider;
+    - the prefix names another provider and this provider is a vendor API
+      whose ids never carry one (``"openai:gpt-4o"`` with ``Anthropic``):
+      ``InvalidRequestError`` before any I/O, instead of sending ``gpt-4o``
+      to the wrong vendor.
+
+    Kept as they are: every model of a server with its own tags (Ollama,
+    ``Local``, vLLM, llama.cpp, LM Studio), of the generic ``OpenAI`` provider
+    at a caller-chosen ``base_url`` (any OpenAI-compatible server, a gateway
+    that routes by prefix itself), and of third-party providers and
+    combinators, whose naming chatkit does not know.
+    """
+    prefix, sep, rest = model.partition(":")
+    named = prefix.lower()
+    if not sep or named not in PROVIDERS:
+        return model
+    own = registered_name(provider)
+    if own is None or (own == "openai" and _at_own_server(provider) is False):
+        return model
+    if named == own:
+        return rest
+    if own in TAGGED_MODEL_NAMES:
+        return model
+    raise InvalidRequestError(
+        f"model: {model!r} names the provider {prefix!r}, but this call's provider is"
+        f" {provider_name(provider)}; drop the prefix, or leave the provider unset so"
+        " that the prefix chooses it",
+        field="model",
+    )
+
+
+def _at_own_server(provider: Any) -> bool | None:
+    """Whether an instance talks to its class's default URL (None for a class)."""
+    if isinstance(provider, type):
+        return None
+    return getattr(provider, "base_url", None) == getattr(provider, "default_base_url", None)

@@ -10,7 +10,9 @@ Optional extras chatkit uses when present:
   non-streamed call (otherwise the stream is assembled);
 - ``async list_models(http) -> list[Model]``;
 - ``handles_retries = True``: the provider retries by itself (RetryProvider),
-  so the client adds no retry layer of its own.
+  so the client adds no retry layer of its own;
+- ``capabilities: Capabilities``: what its API can do; without it, chatkit
+  assumes nothing (``parse()`` sends a plain, non-strict schema).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     from chatkit._transport import HTTPClient
     from chatkit._types import ChatCompletionChunk
 
-__all__ = ["Capabilities", "Provider", "provider_name"]
+__all__ = ["Capabilities", "Provider", "provider_name", "supports_strict_schema"]
 
 
 @runtime_checkable
@@ -57,6 +59,11 @@ class Capabilities:
     json_object: bool = True
     json_schema: bool = True
     system_message: bool = True
+    # Enforces OpenAI's strict Structured Outputs: ``parse()`` then sends
+    # ``"strict": true`` with the schema in strict form (every object closed,
+    # every property required). The strict form is a valid JSON Schema for
+    # any reader, so this is on unless a provider turns it off.
+    strict_json_schema: bool = True
 
     def missing_for(self, request: ChatRequest) -> str | None:
         """The first capability ``request`` needs and this provider lacks, or None."""
@@ -83,6 +90,12 @@ class Capabilities:
                 f"{provider} does not support {missing}, which this request needs",
                 field=missing,
             )
+
+
+def supports_strict_schema(provider: Any) -> bool:
+    """Whether ``provider`` declares strict JSON schemas (third-party providers do not)."""
+    capabilities = getattr(provider, "capabilities", None)
+    return isinstance(capabilities, Capabilities) and capabilities.strict_json_schema
 
 
 def _has_image(message: dict[str, Any]) -> bool:

@@ -13,17 +13,66 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from chatkit._config import env_value
-from chatkit._errors import MissingAuthError
+from chatkit._errors import MissingAuthError, ModelNotFoundError
 from chatkit._request import ChatRequest
 from chatkit._transport import HTTPClient
 from chatkit._types import ChatCompletion, ChatCompletionChunk
 from chatkit.providers._base import Capabilities
 from chatkit.providers.openai import OpenAI
 
-__all__ = ["PRESETS", "AzureOpenAI", "preset"]
+__all__ = ["PRESETS", "AzureOpenAI", "LocalServer", "preset"]
 
 _NO_VISION = Capabilities(vision=False)
 _TEXT_ONLY = Capabilities(tools=False, vision=False, json_schema=False)
+
+
+class LocalServer(OpenAI):
+    """A local OpenAI-compatible server (vLLM, llama.cpp, LM Studio): its model is its own.
+
+    With no ``model`` in the call and no ``default_model`` given, the model is
+    the first one the server lists at ``GET /v1/models``, asked once per
+    provider instance (a new instance asks again, e.g. after loading another
+    model). A server that lists none is a ``ModelNotFoundError`` naming
+    ``model``: such servers reject made-up names, or worse, ignore them.
+    """
+
+    default_model: str = ""
+    requires_key: ClassVar[bool] = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._served_model: str | None = None
+
+    async def _with_model(self, request: ChatRequest, http: HTTPClient) -> ChatRequest:
+        if request.model or self.default_model:
+            return request
+        if self._served_model is None:
+            models = await self.list_models(http)
+            if not models:
+                raise ModelNotFoundError(
+                    f"model: {self.name} at {self.base_url} lists no models (GET /models);"
+                    " load one in the server or pass model=...",
+                    field="model",
+                )
+            self._served_model = models[0].id
+        return dataclasses.replace(request, model=self._served_model)
+
+    async def stream(
+        self, request: ChatRequest, http: HTTPClient
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        request = await self._with_model(request, http)
+        chunks = super().stream(request, http)
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            # Closing this stream closes the upstream one at once, not at GC.
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def complete(self, request: ChatRequest, http: HTTPClient) -> ChatCompletion:
+        return await super().complete(await self._with_model(request, http), http)
 
 
 def preset(
@@ -33,8 +82,12 @@ def preset(
     default_model: str,
     *,
     capabilities: Capabilities | None = None,
+    base: type[OpenAI] = OpenAI,
 ) -> type[OpenAI]:
-    """An ``OpenAI`` subclass for a vendor; ``key_env=None`` for keyless local servers."""
+    """An ``OpenAI`` subclass for a vendor; ``key_env=None`` for keyless local servers.
+
+    ``base=LocalServer`` with ``default_model=""`` asks the server for its model.
+    """
     prefix = name.upper().replace(".", "").replace(" ", "_")
     attributes: dict[str, Any] = {
         "name": name,
@@ -48,7 +101,7 @@ def preset(
     }
     if capabilities is not None:
         attributes["capabilities"] = capabilities
-    return type(name.replace(".", "").replace(" ", ""), (OpenAI,), attributes)
+    return type(name.replace(".", "").replace(" ", ""), (base,), attributes)
 
 
 # registry name -> provider class
@@ -103,9 +156,10 @@ PRESETS: dict[str, type[OpenAI]] = {
         capabilities=_TEXT_ONLY,
     ),
     # Local servers: no key, never picked automatically (nothing says they run).
-    "vllm": preset("vLLM", "http://localhost:8000/v1", None, "default"),
-    "llamacpp": preset("LlamaCpp", "http://localhost:8080/v1", None, "default"),
-    "lmstudio": preset("LMStudio", "http://localhost:1234/v1", None, "default"),
+    # Each serves the model it was started with (or loaded): asked, never guessed.
+    "vllm": preset("vLLM", "http://localhost:8000/v1", None, "", base=LocalServer),
+    "llamacpp": preset("LlamaCpp", "http://localhost:8080/v1", None, "", base=LocalServer),
+    "lmstudio": preset("LMStudio", "http://localhost:1234/v1", None, "", base=LocalServer),
 }
 
 
