@@ -51,15 +51,17 @@ async def ask(
     status.start("waiting for the answer")
     text: list[str] = []
     try:
-        stream = session.create(messages, stream=True)
-        async for chunk in stream:
-            if as_json:
-                status.stop()
-                write(out, chunk.model_dump_json(exclude_none=True) + "\n")
-            elif chunk.text:
-                status.stop()
-                write(out, chunk.text)
-            text.append(chunk.text)
+        # Closed here, whatever ends the loop (a broken pipe included): left to
+        # asyncio.run's shutdown, the stream would be closed after the client.
+        async with session.create(messages, stream=True) as stream:
+            async for chunk in stream:
+                if as_json:
+                    status.stop()
+                    write(out, chunk.model_dump_json(exclude_none=True) + "\n")
+                elif chunk.text:
+                    status.stop()
+                    write(out, chunk.text)
+                text.append(chunk.text)
     finally:
         status.stop()
         answer = "".join(text)

@@ -73,8 +73,9 @@ __all__ = ["Ollama", "ollama_base_url"]
 
 DEFAULT_PORT = 11434
 _MAX_LINE = 16 * 1024 * 1024
-# Runs of empty lines, collapsed in C: a flood of them costs no Python loop.
-_EMPTY_LINES = re.compile(rb"\n\n+")
+# Runs of blank lines (CRLF ones included), collapsed in C: a flood of them
+# costs no Python loop.
+_BLANK_LINES = re.compile(rb"\n(?:[ \t\r]*\n)+")
 
 
 def ollama_base_url(address: str) -> str:
@@ -279,8 +280,7 @@ class _Lines:
             return []
         # Joining only when a line ends keeps a long line linear, not quadratic.
         block = b"".join(self._parts)
-        if b"\n\n" in block:
-            block = _EMPTY_LINES.sub(b"\n", block)
+        block = _BLANK_LINES.sub(b"\n", block)
         lines = block.split(b"\n")
         rest = lines.pop()
         self._parts = [rest] if rest else []
