@@ -239,9 +239,9 @@ class _Completions:
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
 
-    # The overloads spell out every named argument, so that a typo'd keyword
-    # or a wrong type fails the caller's type check; **params are the
-    # OpenAI parameters (checked at run time, before any I/O).
+    # The overloads spell out every named argument, so that a wrong type for
+    # one fails the caller's type check; **params are the OpenAI parameters
+    # (checked at run time, before any I/O, unknown names included).
     @overload
     def create(
         self,

@@ -80,7 +80,13 @@ __all__ = [
 
 
 class ChatkitError(Exception):
-    """Base class of every chatkit exception."""
+    """Base class of every chatkit exception.
+
+    ``attempts``: when the error ended a call, every attempt the call made
+    (``chatkit.Attempt``); empty for an error raised before any attempt.
+    """
+
+    attempts: Sequence[Any] = ()
 
 
 # Ported ``except openai.OpenAIError`` clauses keep working.
@@ -138,7 +144,7 @@ class APIError(ChatkitError):
         super().__init__(message)
         self.message = message
         self.provider = provider
-        self.attempts: list[Any] = []
+        self.attempts: Sequence[Any] = []
 
 
 class APIStatusError(APIError):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.utils
 import logging
 import math
@@ -48,6 +49,7 @@ from chatkit._errors import (
 from chatkit._request import ChatRequest
 from chatkit._transport import HTTPClient
 from chatkit._types import ChatCompletion, ChatCompletionChunk, set_provider
+from chatkit.providers import model_for
 from chatkit.providers._base import provider_name
 
 __all__ = ["Attempt", "RetryPolicy", "RetryingCall"]
@@ -258,6 +260,9 @@ class RetryingCall:
     timeout: seconds for this call from its start, every attempt, backoff and
         the streamed answer included; the earlier of it and ``http``'s own
         deadline (the client's ``Timeout.total``) wins.
+    route_models: give each candidate the model as ``model_for`` has it (a
+        ``RetryProvider``'s members: ``"anthropic:claude-x"`` reaches Anthropic
+        as ``claude-x``, and a vendor it cannot be meant for is skipped).
     """
 
     candidates: Sequence[Any]
@@ -271,6 +276,7 @@ class RetryingCall:
     attempts: list[Attempt] = field(default_factory=list)
     provider: str | None = None
     timeout: float | None = None
+    route_models: bool = False
     _parent: RetryingCall | None = field(default=None, init=False, repr=False)
     _deadline: float | None = field(default=None, init=False, repr=False)
     _first: int = field(default=0, init=False, repr=False)
@@ -305,16 +311,32 @@ class RetryingCall:
             self._timed_out = True
         return self._timed_out
 
-    def _resolve(self, candidate: Any) -> Any:
+    def _resolve(self, candidate: Any) -> tuple[Any, ChatRequest]:
+        """The provider to try for ``candidate``, and the request it gets."""
         provider = candidate() if isinstance(candidate, type) else candidate
+        request = self._request_for(provider)
         check = getattr(provider, "check_request", None)
         if check is not None:
-            check(self.request)
+            check(request)
         if getattr(provider, "handles_retries", False):
             make = getattr(provider, "retrying_call", None)
             if callable(make):
-                return self._adopt(make(self.request, self.http))
-        return provider
+                return self._adopt(make(request, self.http)), request
+        return provider, request
+
+    def _request_for(self, provider: Any) -> ChatRequest:
+        """With ``route_models``, each member gets the model as ``model_for`` has it:
+        a ``"name:"`` prefix is stripped for the provider it names, and a
+        provider it cannot be meant for is skipped."""
+        if not self.route_models:
+            return self.request
+        try:
+            model = model_for(provider, self.request.model)
+        except InvalidRequestError as exc:
+            raise UnsupportedCapabilityError(str(exc), field="model") from None
+        if model == self.request.model:
+            return self.request
+        return dataclasses.replace(self.request, model=model)
 
     def _adopt(self, inner: RetryingCall) -> RetryingCall:
         # The nested call records into our list, so numbering continues and
@@ -325,7 +347,7 @@ class RetryingCall:
 
     # -- the loop ------------------------------------------------------------
 
-    async def _run(self, try_once: Callable[[Any, str], Awaitable[T]]) -> T:
+    async def _run(self, try_once: Callable[[Any, str, ChatRequest], Awaitable[T]]) -> T:
         loop = asyncio.get_running_loop()
         self.http.start()
         if self.timeout is not None and self._deadline is None:
@@ -335,7 +357,7 @@ class RetryingCall:
             if self._out_of_time():
                 break
             try:
-                provider = self._resolve(candidate)
+                provider, request = self._resolve(candidate)
             except _SKIP_ERRORS as exc:
                 self._skip(provider_name(candidate), exc)
                 continue
@@ -345,7 +367,7 @@ class RetryingCall:
                 attempt = Attempt(name, len(self.attempts) + 1, retry)
                 started = loop.time()
                 try:
-                    result = await try_once(provider, name)
+                    result = await try_once(provider, name, request)
                 except _SKIP_ERRORS as exc:
                     self._skip(name, exc)
                     break
@@ -359,6 +381,7 @@ class RetryingCall:
                 except Exception as exc:
                     error: Exception = exc
                     attempt.duration = loop.time() - started
+                    self.http.scrub(error)
                 else:
                     if not isinstance(provider, RetryingCall):
                         attempt.duration = loop.time() - started
@@ -423,11 +446,13 @@ class RetryingCall:
         completion._attempts = self.attempts
         return completion
 
-    async def _complete_once(self, provider: Any, name: str) -> ChatCompletion:
+    async def _complete_once(
+        self, provider: Any, name: str, request: ChatRequest
+    ) -> ChatCompletion:
         limit = self._remaining()
         try:
             async with self._bounded(limit) as scope:
-                completion = await self._complete_unbounded(provider)
+                completion = await self._complete_unbounded(provider, request)
         except TimeoutError as exc:
             if not scope.expired() or isinstance(exc, ChatkitError):
                 raise
@@ -440,15 +465,15 @@ class RetryingCall:
         self.provider = completion.provider
         return completion
 
-    async def _complete_unbounded(self, provider: Any) -> ChatCompletion:
+    async def _complete_unbounded(self, provider: Any, request: ChatRequest) -> ChatCompletion:
         if isinstance(provider, RetryingCall):
             return await provider.complete()
         complete = getattr(provider, "complete", None)
         if complete is not None:
-            completion: ChatCompletion = await complete(self.request, self.http)
+            completion: ChatCompletion = await complete(request, self.http)
             return completion
         builder = CompletionBuilder()
-        agen = provider.stream(self.request, self.http)
+        agen = provider.stream(request, self.http)
         try:
             async for chunk in agen:
                 builder.add(chunk)
@@ -482,6 +507,7 @@ class RetryingCall:
                 async for chunk in agen:
                     yield chunk
         except Exception as exc:
+            self.http.scrub(exc)
             raise self._interrupted(exc, name) from exc
         finally:
             if agen is not None:
@@ -522,11 +548,11 @@ class RetryingCall:
             ) from exc
 
     async def _open_stream(
-        self, provider: Any, name: str
+        self, provider: Any, name: str, request: ChatRequest
     ) -> tuple[AsyncIterator[ChatCompletionChunk] | None, list[ChatCompletionChunk], str]:
         """Run one attempt up to its first content; hold back what came before."""
         nested = isinstance(provider, RetryingCall)
-        agen = provider.stream() if nested else provider.stream(self.request, self.http)
+        agen = provider.stream() if nested else provider.stream(request, self.http)
         held: list[ChatCompletionChunk] = []
         # A nested call applies first_token to each of its own attempts.
         first_token = None if nested else self.http.timeout.first_token

@@ -129,6 +129,7 @@ class IterListProvider:
             on_attempt=self.on_attempt,
             label=self.name,
             timeout=self.timeout,
+            route_models=True,
         )
 
     def stream(self, request: ChatRequest, http: HTTPClient) -> AsyncIterator[ChatCompletionChunk]:

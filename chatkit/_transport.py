@@ -24,7 +24,7 @@ import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from chatkit._config import (
     DEFAULT_LIMITS,
@@ -69,13 +69,14 @@ __all__ = [
     "dumps",
 ]
 
+APIErrorT = TypeVar("APIErrorT", bound=APIError)
+
 # Caps on DECODED (decompressed) sizes, enforced while reading, so that a
 # small gzip bomb never inflates into memory.
 MAX_BODY_SIZE = 32 * 1024 * 1024
 """A non-streamed 2xx body (a completion, a models list): past it, ResponseTooLargeError."""
 MAX_ERROR_BODY_SIZE = 1024 * 1024
 """An error response's body: the rest is dropped, the status error keeps the first part."""
-"""Redirects followed per request (aiohttp's default)."""
 _USER_AGENT = "chatkit/0.1"
 # Sessions kept per loop for distinct SOCKS proxies: callers that rotate
 # proxies per call must not grow one connection pool per proxy forever.
@@ -533,6 +534,12 @@ class HTTPClient:
             provider=provider,
         )
 
+    def scrub(self, error: BaseException) -> None:
+        """Remove this call's secrets from a chatkit error a provider raised
+        (an error event, a decode error quoting the body), in place."""
+        if isinstance(error, APIError):
+            _scrub_error(error, self._secrets(self._current_proxy))
+
     def _secrets(self, proxy: ProxyURL | None) -> tuple[str, ...]:
         """Every secret of this call: its credential headers and proxy passwords."""
         secrets = header_secrets(self._sent_headers) + header_secrets(self.headers)
@@ -557,7 +564,7 @@ class HTTPClient:
         error = error_from_status(
             raw.status, await _error_body(raw), dict(raw.headers), provider=provider
         )
-        return _scrub_status_error(error, self._secrets(proxy))
+        return _scrub_error(error, self._secrets(proxy))
 
     def translate(
         self,
@@ -592,12 +599,15 @@ class HTTPClient:
         return error
 
 
-def _scrub_status_error(error: APIStatusError, secrets: tuple[str, ...]) -> APIStatusError:
-    """``error`` without the call's secrets: upstreams echo a bad key in their 401 body."""
+def _scrub_error(error: APIErrorT, secrets: tuple[str, ...]) -> APIErrorT:
+    """``error`` without the call's secrets: upstreams echo a bad key in their
+    401 body, in error events and in whatever a decode error quotes."""
     if not secrets:
         return error
     error.message = scrub(error.message, secrets)
     error.args = (error.message,)
+    if not isinstance(error, APIStatusError):
+        return error
     error.body = scrub_tree(error.body, secrets)
     error.headers = {name: scrub(value, secrets) for name, value in error.headers.items()}
     for name in ("code", "param", "type", "request_id"):

@@ -472,3 +472,69 @@ def test_sync_stream_holds_each_piece_once() -> None:
 def test_a_pool_timeout_moves_on_instead_of_waiting_for_the_same_pool() -> None:
     assert RetryPolicy().decide(chatkit.PoolTimeoutError("pool full")) == "next"
     assert RetryPolicy().decide(chatkit.APITimeoutError("slow")) == "retry"
+
+
+# -- item 14: a key echoed anywhere in an upstream's answer never reaches an error ----
+
+SECRET_KEY = "sk-echoed-3b9d7c1f2e8a4605"
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [
+            frame(
+                {"error": {"message": f"invalid key {SECRET_KEY}", "type": "authentication_error"}}
+            )
+        ],
+        [
+            frame(chunk_payload({"index": 0, "delta": {"content": "Hi"}})),
+            frame({"error": {"message": f"key {SECRET_KEY} revoked", "code": SECRET_KEY}}),
+        ],
+        [b"data: {not json " + SECRET_KEY.encode() + b"\n\n"],
+    ],
+    ids=["error event", "error event after content", "decode error"],
+)
+async def test_a_key_echoed_in_the_stream_never_reaches_the_error(frames: list[bytes]) -> None:
+    async with (
+        sse_server(frames) as url,
+        chatkit.AsyncClient(base_url=url, api_key=SECRET_KEY, max_retries=0) as client,
+    ):
+        with pytest.raises(chatkit.APIError) as caught:
+            await client.chat.completions.create(messages=MESSAGES, stream=True).until_done()
+    error = caught.value
+    seen = [str(error), repr(error.args), repr(getattr(error, "body", None))]
+    cause = getattr(error, "cause", None)
+    if cause is not None:
+        seen += [str(cause), repr(getattr(cause, "body", None))]
+    seen += [a.describe() for a in error.attempts]
+    assert not [text for text in seen if SECRET_KEY in text]
+
+
+# -- item 1: a RetryProvider's members each get the model meant for them -------------
+
+
+async def test_retry_provider_members_get_the_model_their_prefix_names(
+    server: FakeOpenAIServer,
+) -> None:
+    from chatkit.providers import Anthropic, OpenAI
+    from chatkit.testing import FakeAnthropicServer
+
+    async with FakeAnthropicServer(api_key="sk-ant") as anthropic:
+        members = [
+            Anthropic(base_url=anthropic.base_url, api_key="sk-ant"),
+            OpenAI(base_url=server.base_url, api_key="sk"),
+        ]
+        provider = RetryProvider(members, shuffle=False)
+        async with chatkit.AsyncClient(provider) as client:
+            foreign = await client.chat.completions.create(messages=MESSAGES, model="openai:gpt-4o")
+            own = await client.chat.completions.create(
+                messages=MESSAGES, model="anthropic:claude-x"
+            )
+        sent_to_anthropic = [r.json["model"] for r in anthropic.requests]
+    # Anthropic cannot be meant by "openai:": skipped, never sent "gpt-4o".
+    assert foreign.attempts[0].skipped and "model" in foreign.attempts[0].describe()
+    assert foreign.provider == "OpenAI"
+    assert [r.json["model"] for r in server.requests] == ["openai:gpt-4o"]
+    assert sent_to_anthropic == ["claude-x"]
+    assert own.provider == "Anthropic"
