@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -61,6 +62,9 @@ def one_line(stderr: bytes) -> str:
         ("serve", "--port", "http"),
         ("serve", "--timeout", "nan"),
         ("serve", "--header-timeout", "0"),
+        ("serve", "--max-connections", "0"),
+        ("serve", "--max-connections", "many"),
+        ("serve", "--max-connections-per-host", "-1"),
         ("--temperature", "nan", "hi"),
         ("--temperature", "inf", "hi"),
         ("chat", "--timeout", "-3"),
@@ -152,3 +156,29 @@ def test_with_base_url_the_model_reaches_the_server_unchanged(
     result = run_cli("--base-url", fake.base_url, "-m", model, "--no-stream", "hi")
     assert result.returncode == 0, result.stderr.decode()
     assert [r.json["model"] for r in fake.requests] == [model]
+
+
+def _serve_args(*argv: str) -> Any:
+    from chatkit.cli import _parser
+
+    parser, _ = _parser("serve")
+    return parser.parse_args(["--base-url", "http://127.0.0.1:9/v1", *argv])
+
+
+@pytest.mark.anyio
+async def test_serve_connection_limits_reach_the_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    import chatkit
+    from chatkit.cli._serve import DEFAULT_MAX_CONNECTIONS, build_client
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-limits-0001")
+    # By default one upstream may use every connection (item 16).
+    cases = [
+        ((), chatkit.Limits(DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS)),
+        (("--max-connections", "4000"), chatkit.Limits(4000, 4000)),
+        (("--max-connections", "64", "--max-connections-per-host", "8"), chatkit.Limits(64, 8)),
+        (("-p", "openai,openai", "--max-connections", "10"), chatkit.Limits(10, 10)),
+    ]
+    for argv, expected in cases:
+        client, _ = build_client(_serve_args(*argv))
+        async with client:
+            assert client._transport.limits == expected, argv

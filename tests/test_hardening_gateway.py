@@ -629,3 +629,116 @@ def test_redaction_covers_stack_info() -> None:
     record.stack_info = "Stack (most recent call last): key=sk-secret-value-1"
     RedactSecrets(["sk-secret-value-1"]).filter(record)
     assert record.stack_info.endswith("key=[redacted]")
+
+
+# -- item 13 (review): upstream text is escaped in the log too ----------------------
+
+FORGED = "\nFORGED 2026-01-01 INFO chatkit.server: all is well"
+
+
+async def _forging_chat(request: web.Request) -> web.StreamResponse:
+    """An upstream whose error messages carry a newline and a fake log line."""
+    if not (await request.json()).get("stream"):
+        error = {"error": {"message": "bad" + FORGED, "type": "server_error"}}
+        return web.json_response(error, status=500)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    chunk = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}],
+    }
+    await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    error = {"error": {"message": "broke" + FORGED, "type": "server_error"}}
+    await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
+    await response.write_eof()
+    return response
+
+
+async def _forging_models(request: web.Request) -> web.Response:
+    error = {"error": {"message": "no list" + FORGED, "type": "not_found_error"}}
+    return web.json_response(error, status=404)
+
+
+async def test_upstream_error_messages_cannot_forge_log_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import chatkit
+    from chatkit.providers import OpenAI
+
+    caplog.set_level(logging.INFO)
+    upstream_app = web.Application()
+    upstream_app.router.add_post("/v1/chat/completions", _forging_chat)
+    upstream_app.router.add_get("/v1/models", _forging_models)
+    async with running(upstream_app) as upstream_url:
+        provider = OpenAI(base_url=upstream_url + "/v1", api_key=UPSTREAM_KEY)
+        async with (
+            chatkit.AsyncClient(provider=provider, max_retries=0) as client,
+            running(create_app(client)) as url,
+            aiohttp.ClientSession() as session,
+        ):
+            for stream in (False, True):
+                body = json.dumps({"model": "m", "messages": MESSAGES, "stream": stream})
+                async with session.post(url + CHAT, data=body, headers=JSON) as response:
+                    await response.read()
+                    assert response.status == (200 if stream else 500)
+            async with session.get(url + "/v1/models") as models:
+                assert models.status == 200
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("chatkit")]
+    # Each path really logged the upstream's text, escaped.
+    for fragment in ("bad\\x0aFORGED", "broke\\x0aFORGED", "no list\\x0aFORGED"):
+        assert any(fragment in line for line in logged), (fragment, logged)
+    for line in "\n".join(logged).splitlines():
+        assert not line.startswith("FORGED"), logged
+
+
+# -- item 3 (review): Guard settings: None means none; wrong types name the field ---
+
+
+def test_guard_none_means_no_extra_hosts_or_origins() -> None:
+    import chatkit
+    from chatkit.server._guard import LOOPBACK_NAMES, Guard
+
+    guard = Guard.build(allowed_hosts=None, cors_origins=None)
+    assert guard.hosts == LOOPBACK_NAMES and guard.origins == frozenset()
+    assert guard.host_allowed("localhost:8000") and not guard.host_allowed("evil.example")
+    bad: list[tuple[Any, Any, str]] = [
+        (5, (), "allowed_hosts"),
+        (b"localhost", (), "allowed_hosts"),
+        ((), 3.5, "cors_origins"),
+        ((), "http://app.example", "cors_origins"),
+    ]
+    for hosts, origins, field in bad:
+        with pytest.raises(chatkit.InvalidRequestError) as caught:
+            Guard.build(hosts, origins)
+        assert caught.value.field == field
+        assert field in str(caught.value)
+
+
+async def test_create_app_accepts_none_for_hosts_and_origins() -> None:
+    async with (
+        FakeOpenAIServer(api_key=UPSTREAM_KEY) as upstream,
+        gateway(upstream, allowed_hosts=None, cors_origins=None) as url,
+    ):
+        status, _, _ = await _post(url, JSON)
+        assert status == 200
+        status, _, _ = await _post(url, {**JSON, "Host": "evil.example"})
+        assert status == 403
+
+
+def test_escaped_traceback_keeps_frames_and_chains_but_escapes_messages() -> None:
+    from chatkit.server._logging import escaped_traceback
+
+    try:
+        try:
+            raise ValueError("inner" + FORGED)
+        except ValueError as inner:
+            raise RuntimeError("outer" + FORGED) from inner
+    except RuntimeError as exc:
+        text = escaped_traceback(exc)
+    assert text.count("Traceback (most recent call last):") == 2
+    assert "direct cause" in text and "raise RuntimeError" in text
+    assert "RuntimeError: outer\\x0aFORGED" in text and "inner\\x0aFORGED" in text
+    assert not any(line.startswith("FORGED") for line in text.splitlines()), text

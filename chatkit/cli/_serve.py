@@ -19,6 +19,12 @@ __all__ = ["HELP", "add_arguments", "build_client", "run"]
 
 HELP = "Serve an OpenAI-compatible API (/v1/chat/completions, /v1/models) and a chat page."
 
+# Upstream connections the gateway keeps open at once. The per-host cap defaults
+# to the total: a gateway usually has one upstream, and the library's per-host
+# default (half the total, so a slow provider cannot starve a fallback) would
+# silently cap its concurrent streams at half of what --max-connections says.
+DEFAULT_MAX_CONNECTIONS = 1024
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Imported here: every ``chatkit`` run imports this module for HELP, and
@@ -98,7 +104,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_BODY_SIZE,
         help=f"largest request body in bytes (default {DEFAULT_MAX_BODY_SIZE})",
     )
+    parser.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="upstream connections open at once, across every upstream (default"
+        f" {DEFAULT_MAX_CONNECTIONS}); more requests wait for a free one",
+    )
+    parser.add_argument(
+        "--max-connections-per-host",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="upstream connections open at once to one upstream host (default: the same as"
+        " --max-connections)",
+    )
     parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a count of at least 1, so that 0 or -5 is a usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
+    return value
+
+
+def _limits(args: argparse.Namespace) -> chatkit.Limits:
+    total = args.max_connections
+    per_host = args.max_connections_per_host
+    return chatkit.Limits(
+        max_connections=total,
+        max_connections_per_host=total if per_host is None else per_host,
+    )
 
 
 def _port(text: str) -> int:
@@ -186,6 +228,7 @@ def build_client(args: argparse.Namespace) -> tuple[chatkit.AsyncClient, list[An
         proxy=args.proxy,
         max_retries=args.retries,
         timeout=args.timeout,
+        limits=_limits(args),
     )
     return client, instances
 

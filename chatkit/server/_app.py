@@ -15,10 +15,10 @@ from aiohttp.typedefs import Handler, Middleware
 
 import chatkit
 
-from ._failures import Failure, failure_from
+from ._failures import INTERNAL_FAILURE, Failure, failure_from
 from ._guard import GUARD, Guard, add_cors_headers, guard_middleware
 from ._handlers import GATEWAY, Gateway, chat_completions, health, list_models
-from ._logging import AccessLogger, printable, quiet_accept_errors
+from ._logging import AccessLogger, escaped_traceback, printable, quiet_accept_errors
 from ._page import add_page_routes
 
 __all__ = [
@@ -64,8 +64,8 @@ def create_app(
     max_body_size: int = DEFAULT_MAX_BODY_SIZE,
     default_model: str | None = None,
     close_client: bool = False,
-    allowed_hosts: Iterable[str] = (),
-    cors_origins: Iterable[str] = (),
+    allowed_hosts: Iterable[str] | None = (),
+    cors_origins: Iterable[str] | None = (),
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ) -> web.Application:
@@ -81,9 +81,10 @@ def create_app(
         allowed); otherwise the provider's own default.
     close_client: close ``client`` when the application shuts down.
     allowed_hosts: ``Host`` names served besides loopback ones (``"*"``: any);
-        other hosts get 403 (DNS rebinding).
+        other hosts get 403 (DNS rebinding). None: loopback names only.
     cors_origins: cross-site origins (``"http://host:port"``, ``"*"``) allowed
         to call the API, with CORS headers; other cross-site requests get 403.
+        None: no cross-site origin.
     header_timeout: seconds a connection may take to send a request head
         (counted from its opening, or from its previous answer when kept alive).
     body_timeout: seconds a request body may take to arrive (408 after).
@@ -182,9 +183,13 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return failure.response(extra)
     except Exception as exc:
         failure = failure_from(exc)
-        if failure.status == 500:
-            logger.exception(
-                "%s %s: unexpected error", printable(request.method), printable(request.path)
+        if failure is INTERNAL_FAILURE:
+            # A bug: the traceback, escaped (an upstream 500 is not one: logged below).
+            logger.error(
+                "%s %s: unexpected error\n%s",
+                printable(request.method),
+                printable(request.path),
+                escaped_traceback(exc),
             )
         else:
             _log(request, failure)

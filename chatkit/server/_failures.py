@@ -18,7 +18,7 @@ from aiohttp import web
 
 import chatkit
 
-__all__ = ["Failure", "Refusal", "error_type", "failure_from"]
+__all__ = ["INTERNAL_FAILURE", "Failure", "Refusal", "error_type", "failure_from"]
 
 _TYPES = {
     400: "invalid_request_error",
@@ -75,6 +75,13 @@ class Failure:
         return b"data: " + json.dumps(self.body()).encode() + b"\n\n"
 
 
+INTERNAL_FAILURE = Failure(
+    500, "the gateway failed to handle this request; see its log", code="internal_error"
+)
+"""The answer to a bug (an exception chatkit does not raise): compared by identity,
+since an upstream 500 may carry the same code."""
+
+
 class Refusal(Exception):
     """The gateway refuses a request itself (bad body, foreign host); carries the answer."""
 
@@ -105,9 +112,7 @@ def failure_from(exc: BaseException) -> Failure:
         return Failure(502, str(exc), code="upstream_unreachable")
     if isinstance(exc, chatkit.APIError):
         return Failure(502, str(exc), code="upstream_bad_response")
-    return Failure(
-        500, "the gateway failed to handle this request; see its log", code="internal_error"
-    )
+    return INTERNAL_FAILURE
 
 
 def _upstream_status(exc: chatkit.APIStatusError) -> Failure:

@@ -68,9 +68,15 @@ def _origin(value: str) -> str | None:
     return f"{parts.scheme}://{host}{suffix}"
 
 
-def _check_names(values: Iterable[str], field: str) -> list[str]:
-    if isinstance(values, str):
-        raise chatkit.InvalidRequestError(f"{field} must be a list of strings", field=field)
+def _check_names(values: Iterable[str] | None, field: str) -> list[str]:
+    """``values`` as a list of names; None means none. A lone string is refused:
+    iterated, ``"localhost"`` would become nine one-letter host names."""
+    if values is None:
+        return []
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise chatkit.InvalidRequestError(
+            f"{field} must be a list of strings, got {type(values).__name__}", field=field
+        )
     names = list(values)
     for value in names:
         if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
@@ -89,7 +95,9 @@ class Guard:
     origins: frozenset[str]
 
     @classmethod
-    def build(cls, allowed_hosts: Iterable[str], cors_origins: Iterable[str]) -> Guard:
+    def build(
+        cls, allowed_hosts: Iterable[str] | None, cors_origins: Iterable[str] | None
+    ) -> Guard:
         hosts = set(LOOPBACK_NAMES)
         for value in _check_names(allowed_hosts, "allowed_hosts"):
             name = value if value == ANY else _host_name(value)

@@ -20,8 +20,8 @@ from aiohttp import web
 
 import chatkit
 
-from ._failures import Failure, Refusal, failure_from
-from ._logging import printable
+from ._failures import INTERNAL_FAILURE, Failure, Refusal, failure_from
+from ._logging import escaped_traceback, printable
 from ._wire import chunk_bytes, completion_bytes
 
 __all__ = ["GATEWAY", "Gateway", "chat_completions", "health", "list_models"]
@@ -145,11 +145,14 @@ async def _stream(request: web.Request, stream: chatkit.AsyncChatStream) -> web.
                 break
             except Exception as exc:
                 failure = failure_from(exc)
+                detail = printable(failure.message)
+                if failure is INTERNAL_FAILURE:
+                    detail = escaped_traceback(exc)
                 logger.warning(
                     "%s %s: stream failed after it had started: %s",
                     printable(request.method),
                     printable(request.path),
-                    failure.message,
+                    detail,
                 )
                 await response.write(failure.sse_event())
                 break
@@ -178,7 +181,7 @@ async def list_models(request: web.Request) -> web.Response:
     except (chatkit.InvalidRequestError, chatkit.NotFoundError) as exc:
         # The provider has no list endpoint (a RetryProvider, many local
         # servers): list what the gateway knows it can route to instead.
-        logger.info("GET /v1/models: no model list from the provider: %s", exc)
+        logger.info("GET /v1/models: no model list from the provider: %s", printable(str(exc)))
         data = []
         fallback = gateway.default_model or getattr(gateway.client.provider, "default_model", "")
         if isinstance(fallback, str) and fallback:

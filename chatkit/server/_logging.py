@@ -20,6 +20,7 @@ import errno
 import logging
 import re
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "ACCEPT_ERROR_LOG_INTERVAL",
     "AccessLogger",
     "RedactSecrets",
+    "escaped_traceback",
     "printable",
     "quiet_accept_errors",
 ]
@@ -65,6 +67,35 @@ def _escape(char: str) -> str:
         if code < 0x10000
         else f"\\U{code:08x}"
     )
+
+
+_CAUSE = "The above exception was the direct cause of the following exception:"
+_CONTEXT = "During handling of the above exception, another exception occurred:"
+
+
+def escaped_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback as ``logging`` prints it, with every exception message escaped.
+
+    The frames are the gateway's own code; a message may quote an upstream
+    body or the request, and its newlines would otherwise forge log lines.
+    """
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        cause, context = current.__cause__, current.__context__
+        current = cause if cause is not None else None if current.__suppress_context__ else context
+    lines: list[str] = []
+    for index in range(len(chain) - 1, -1, -1):  # innermost first, like Python
+        item = chain[index]
+        if item.__traceback__ is not None:
+            lines.append("Traceback (most recent call last):\n")
+            lines.extend(traceback.format_tb(item.__traceback__))
+        summary = "".join(traceback.format_exception_only(item)).rstrip("\n")
+        lines.append(printable(summary) + "\n")
+        if index:
+            lines.append(f"\n{_CAUSE if chain[index - 1].__cause__ is item else _CONTEXT}\n\n")
+    return "".join(lines).rstrip("\n")
 
 
 class AccessLogger(AbstractAccessLogger):
