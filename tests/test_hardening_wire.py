@@ -734,3 +734,170 @@ async def test_a_deeply_nested_error_body_is_still_a_status_error(wire: str, bod
         http.start()
         with pytest.raises(chatkit.InternalServerError):
             await WIRES[wire]["provider"](url).complete(_request(False), http)
+
+
+# -- issue 11 review, item 20: a 200 body that is no stream ---------------------
+
+JSON_ERROR = json.dumps(
+    {
+        "error": {
+            "code": 400,
+            "message": "Model m is not served here",
+            "type": "invalid_request_error",
+        }
+    }
+).encode()
+
+
+@pytest.mark.parametrize("newline", [b"", b"\n"], ids=["bare", "newline"])
+@pytest.mark.parametrize("wire", ["openai", "anthropic", "gemini"])
+async def test_a_json_error_instead_of_a_stream_is_a_status_error(
+    wire: str, newline: bytes
+) -> None:
+    spec = WIRES[wire]
+    async with raw_upstream([JSON_ERROR + newline], "application/json") as (url, heads):
+        with pytest.raises(chatkit.BadRequestError) as caught:
+            await collect(spec["provider"](url), max_retries=3)
+    assert len(heads) == 1  # the real error, not a dropped connection retried
+    assert caught.value.status_code == 400
+    assert "Model m is not served here" in str(caught.value)
+
+
+async def test_an_ollama_json_error_instead_of_a_stream_is_a_status_error() -> None:
+    body = b'{"error": "model \'m\' not found"}'
+    async with raw_upstream([body], "application/json") as (url, _):
+        with pytest.raises(chatkit.APIStatusError) as caught:
+            await collect(WIRES["ollama"]["provider"](url), max_retries=0)
+    assert "model 'm' not found" in str(caught.value)
+
+
+PAGES = [
+    ("text/plain", b"502 Bad Gateway: upstream connect error"),
+    ("text/plain; charset=utf-8", b"502 Bad Gateway: upstream connect error\n"),
+    ("application/json", b'{"status": "502 Bad Gateway: upstream connect error"}'),
+    ("application/json", b'["502 Bad Gateway: upstream connect error"]\n'),
+]
+
+
+# An Ollama stream is JSON objects: one that is not an error may be a stream's
+# first line, and ends as a stream cut short.
+PAGE_CASES = [
+    (wire, content_type, page)
+    for wire in WIRES
+    for content_type, page in PAGES
+    if not (wire == "ollama" and page.startswith(b"{"))
+]
+
+
+@pytest.mark.parametrize(("wire", "content_type", "page"), PAGE_CASES)
+async def test_a_body_that_is_no_stream_is_a_decode_error(
+    wire: str, content_type: str, page: bytes
+) -> None:
+    spec = WIRES[wire]
+    async with raw_upstream([page], content_type) as (url, heads):
+        with pytest.raises(ResponseDecodeError) as caught:
+            await collect(spec["provider"](url), max_retries=3)
+    assert len(heads) == 1
+    assert "502 Bad Gateway: upstream connect error" in str(caught.value)
+    if not page.endswith(b"\n") or wire != "ollama":
+        # (A whole Ollama line that is not JSON says so as its own error.)
+        assert content_type.partition(";")[0] in str(caught.value)
+
+
+async def test_the_start_of_a_page_is_quoted_short_and_without_a_torn_key() -> None:
+    # The quote is cut at 200 characters, here inside the key: scrubbing
+    # (whole keys only) would miss the cut piece, so it is left out.
+    page = ("x " * 98 + "z " + KEY + " was refused " + "y" * 5000).encode()
+    async with raw_upstream([page], "text/plain") as (url, _):
+        with pytest.raises(ResponseDecodeError) as caught:
+            await collect(WIRES["openai"]["provider"](url), max_retries=0)
+    message = str(caught.value)
+    assert "sk-w" not in message
+    assert len(message) < 400
+    assert "y" * 100 not in message
+
+
+async def test_a_key_quoted_whole_by_a_page_is_scrubbed() -> None:
+    page = f"Invalid key {KEY}: denied".encode()
+    async with raw_upstream([page], "text/plain") as (url, _):
+        with pytest.raises(ResponseDecodeError) as caught:
+            await collect(WIRES["openai"]["provider"](url), max_retries=0)
+    assert KEY not in str(caught.value)
+    assert "denied" in str(caught.value)
+
+
+@pytest.mark.parametrize("start", [b": ping\n\n", b"event: ping\n", b"dat"])
+@pytest.mark.parametrize("wire", ["openai", "anthropic", "gemini"])
+async def test_a_stream_cut_before_its_first_event_is_still_retried(
+    wire: str, start: bytes
+) -> None:
+    # Keep-alives or a torn first field, then the close: a dropped stream.
+    spec = WIRES[wire]
+    async with raw_upstream([start, spec["whole"]], spec["content_type"]) as (url, heads):
+        stream = await collect(spec["provider"](url), max_retries=1)
+    assert stream.text == "Hello"
+    assert len(heads) == 2
+    assert type(stream.attempts[0].error) is APIConnectionError
+
+
+# -- issue 11 review, item 21: caller JSON nested past the parser's limit -------
+
+DEEP_ARGUMENTS = [
+    {"role": "user", "content": "Hi"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": DEEP}}
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "ok"},
+]
+
+
+def _unreachable(wire: str) -> Any:
+    # Port 9 (discard): nothing listens, so a request that got this far would fail.
+    return {
+        "anthropic": lambda: Anthropic(api_key=KEY, base_url="http://127.0.0.1:9"),
+        "gemini": lambda: Gemini(api_key=KEY, base_url="http://127.0.0.1:9"),
+        "ollama": lambda: Ollama(base_url="http://127.0.0.1:9"),
+    }[wire]()
+
+
+@pytest.mark.parametrize("wire", ["anthropic", "gemini", "ollama"])
+async def test_deeply_nested_tool_call_arguments_are_a_field_error(wire: str) -> None:
+    async with client(_unreachable(wire), max_retries=0) as async_client:
+        with pytest.raises(InvalidRequestError) as caught:
+            await async_client.chat.completions.create(model="m", messages=DEEP_ARGUMENTS)
+    assert caught.value.field == "messages[1].tool_calls[0].function.arguments"
+
+
+async def test_a_deeply_nested_gemini_tool_result_is_a_field_error() -> None:
+    messages = [*DEEP_ARGUMENTS[:2], {"role": "tool", "tool_call_id": "call_1", "content": DEEP}]
+    messages[1] = {
+        **DEEP_ARGUMENTS[1],
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        ],
+    }
+    async with client(_unreachable("gemini"), max_retries=0) as async_client:
+        with pytest.raises(InvalidRequestError) as caught:
+            await async_client.chat.completions.create(model="m", messages=messages)
+    assert caught.value.field == "messages[2].content"
+
+
+# -- issue 11 review, item 21: odd shapes in a vendor's error body --------------
+
+
+@pytest.mark.parametrize("details", ["5", "true", '"x"', '{"reason": "API_KEY_INVALID"}'])
+async def test_gemini_error_details_of_the_wrong_type_are_ignored(details: str) -> None:
+    body = f'{{"error": {{"code": 400, "message": "bad", "details": {details}}}}}'
+    status = "400 Bad Request"
+    async with (
+        raw_upstream([body.encode()], "application/json", status=status) as (url, _),
+        Transport() as transport,
+    ):
+        http = transport.call(timeout=Timeout(total=GUARD))
+        http.start()
+        with pytest.raises(chatkit.BadRequestError):
+            await Gemini(api_key=KEY, base_url=url).complete(_request(False), http)

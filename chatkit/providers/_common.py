@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
@@ -22,10 +23,12 @@ from chatkit._config import check_base_url, check_header_value, env_value
 from chatkit._errors import (
     APIConnectionError,
     APIStatusError,
+    ChatkitError,
     InvalidRequestError,
     MissingAuthError,
     ResponseDecodeError,
     UnsupportedCapabilityError,
+    error_from_event,
 )
 from chatkit._proxy import ProxySettings
 from chatkit._request import ChatRequest
@@ -67,6 +70,7 @@ __all__ = [
     "provider_repr",
     "resolve_endpoint",
     "sse_batches",
+    "StreamStart",
     "stop_sequences",
     "stream_ended_early",
     "text_of",
@@ -211,7 +215,108 @@ def check_stream_type(response: HTTPResponse, provider: str, expected: str) -> N
         )
 
 
-async def sse_batches(response: HTTPResponse) -> AsyncIterator[tuple[list[SSEEvent], bool]]:
+# How much of a body that has produced no event is kept, to say what it was if
+# it never does: error objects and pages are small, and a flood of blank lines
+# before the first event must not grow this.
+_START_LIMIT = 64 * 1024
+_SNIPPET = 200
+_SSE_FIELDS = (b"data", b"event", b"id", b"retry")
+# A run of characters a key could be made of, at the end of a cut snippet: it
+# may be the start of a key, which scrubbing (whole keys only) would not catch.
+_TORN_TOKEN = re.compile(r"[\w\-.~+/=]+$")
+
+
+class StreamStart:
+    """The first bytes of a stream body, kept while it has produced no event.
+
+    A 200 answer that ends without one is either a stream cut short (a
+    connection failure, retried) or no stream at all: a JSON error object or
+    a plain-text page answered by a proxy, a gateway or a misrouted base URL.
+    Retrying cannot fix that, and its text is the only hint of what went wrong.
+    """
+
+    __slots__ = ("_parts", "_size")
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def keep(self, data: bytes) -> None:
+        room = _START_LIMIT - self._size
+        if not self._size:
+            data = data.lstrip()
+        if room > 0 and data:
+            piece = data[:room]
+            self._parts.append(piece)
+            self._size += len(piece)
+
+    def check(self, response: HTTPResponse, provider: str, expected: str) -> None:
+        """Raise when the body, which produced no event, was not an ``expected`` stream.
+
+        Returns (the caller reports a truncation) for an empty body and for
+        one that looks like the start of the stream, torn.
+        """
+        error = not_a_stream(b"".join(self._parts), response, provider, expected)
+        if error is not None:
+            raise error
+
+
+def not_a_stream(
+    head: bytes, response: HTTPResponse, provider: str, expected: str
+) -> ChatkitError | None:
+    """The error for a stream body that held ``head`` and no event, or None.
+
+    A JSON object with an ``error`` is the typed status error it describes;
+    anything that does not start like the ``expected`` stream is a decode
+    error quoting its content type and start. None for an empty body or the
+    torn start of a stream: those were cut off.
+    """
+    text = head.strip()
+    if not text:
+        return None
+    try:
+        payload = json.loads(text)
+    except (ValueError, RecursionError):
+        payload = None
+    if isinstance(payload, dict) and payload.get("error"):
+        error = payload["error"]
+        described = error if isinstance(error, dict) else {"message": str(error)}
+        return error_from_event(described, provider=provider)
+    if _starts_like(expected, text):
+        return None
+    content_type = response.headers.get("Content-Type", "") or "none"
+    wanted = _STREAM_TYPES.get(expected, expected)
+    return ResponseDecodeError(
+        f"{provider}: the answer is not a {wanted} stream (Content-Type:"
+        f" {content_type[:100]}): {_snippet(text)!r}",
+        provider=provider,
+    )
+
+
+def _starts_like(expected: str, text: bytes) -> bool:
+    """Whether ``text`` (stripped, not empty) could be the start of the stream."""
+    if expected == "ndjson":
+        return text.startswith(b"{")
+    line = text.split(b"\n", 1)[0].rstrip(b"\r")
+    if line.startswith(b":"):
+        return True  # a comment, as keep-alives are
+    name, colon, _ = line.partition(b":")
+    if colon:
+        return name in _SSE_FIELDS
+    # No colon yet: the first field's name, torn, or a field with no value.
+    return any(field.startswith(line) for field in _SSE_FIELDS)
+
+
+def _snippet(text: bytes) -> str:
+    decoded = text[: _SNIPPET * 4].decode("utf-8", "replace")
+    if len(decoded) <= _SNIPPET:
+        return decoded
+    return _TORN_TOKEN.sub("", decoded[:_SNIPPET]) + "..."
+
+
+async def sse_batches(
+    response: HTTPResponse, provider: str
+) -> AsyncIterator[tuple[list[SSEEvent], bool]]:
     """The response body's SSE events, one list per network read, and whether
     the list is the body's unterminated tail.
 
@@ -219,18 +324,26 @@ async def sse_batches(response: HTTPResponse) -> AsyncIterator[tuple[list[SSEEve
     per-event cost on the hot path down to the caller's own loop. The tail
     (what was still pending at the end of the body) is flagged: a tail event
     that does not parse was torn by a truncated body (see :func:`truncated`).
+    A body that ends without any event raises when it was no stream at all
+    (see :class:`StreamStart`).
     """
     decoder = SSEDecoder()
     step = pause_every()
+    start: StreamStart | None = StreamStart()
     async with aclosing(body_reads(response)) as reads:
         async for data in reads:
+            if start is not None:
+                start.keep(data)
             events = decoder.feed(data)
             if events:
+                start = None
                 yield events, False
             await step(bool(events))
     tail = decoder.flush()
     if tail:
         yield tail, True
+    elif start is not None:
+        start.check(response, provider, "sse")
 
 
 def provider_repr(name: str, base_url: str, api_key: str | None) -> str:
@@ -288,6 +401,9 @@ def tool_call_arguments(function: Mapping[str, Any], field: str) -> dict[str, An
         parsed = json.loads(raw) if isinstance(raw, str) else raw
     except ValueError:
         parsed = None
+    except RecursionError:
+        # Valid JSON nested past the parser's limit: the caller's input, not a crash.
+        raise field_error("tool call arguments nest too deeply", field) from None
     if not isinstance(parsed, dict):
         raise field_error("tool call arguments must be a JSON object", field)
     return parsed

@@ -182,6 +182,9 @@ def _function_response(
         result: Any = json.loads(text)
     except ValueError:
         result = text
+    except RecursionError:
+        # Valid JSON nested past the parser's limit: the caller's input, not a crash.
+        raise field_error("tool result JSON nests too deeply", f"{where}.content") from None
     # FunctionResponse.response must be a JSON object.
     response = result if isinstance(result, dict) else {"result": result}
     return {"functionResponse": {"name": name, "response": response}}

@@ -395,7 +395,7 @@ class Anthropic:
         async with self._open(http, request, stream=True) as response:
             check_stream_type(response, self.name, "sse")
             state = _StreamState(self.name, response.headers.get("request-id"))
-            async for events, tail in sse_batches(response):
+            async for events, tail in sse_batches(response, self.name):
                 for event in events:
                     try:
                         chunk = state.feed(event)

@@ -184,7 +184,7 @@ class Gemini:
         reader = _ResponseReader(self.name)
         async with self._post(request, http, stream=True) as response:
             check_stream_type(response, self.name, "sse")
-            async for events, tail in sse_batches(response):
+            async for events, tail in sse_batches(response, self.name):
                 for event in events:
                     try:
                         chunk = reader.read_raw(event.data)
@@ -379,7 +379,11 @@ def _refine(error: APIStatusError) -> APIStatusError:
     callers), and a 429 says how long to wait in a ``RetryInfo`` detail.
     """
     body = error.body if isinstance(error.body, dict) else {}
-    details = [d for d in body.get("details") or () if isinstance(d, dict)]
+    raw_details = body.get("details")
+    # Only a list holds details: a number or an object there is not iterated.
+    details = (
+        [d for d in raw_details if isinstance(d, dict)] if isinstance(raw_details, list) else []
+    )
     has_hint = any(k.lower() in ("retry-after", "retry-after-ms") for k in error.headers)
     for detail in details:
         delay = detail.get("retryDelay")

@@ -47,6 +47,7 @@ from chatkit._types import (
 )
 from chatkit.providers._base import Capabilities
 from chatkit.providers._common import (
+    StreamStart,
     body_reads,
     check_stream_type,
     compact_json,
@@ -307,16 +308,22 @@ async def _ndjson(response: HTTPResponse, limit: int, provider: str) -> AsyncGen
 
     The last line is checked here: a body that ends inside a line that does
     not parse was cut off (a connection failure, retried before content),
-    which the caller could not tell from a malformed line.
+    which the caller could not tell from a malformed line; unless it is the
+    only line and does not even start like one (a plain-text page).
     """
     lines = _Lines(limit, provider)
     step = pause_every()
+    # Dropped at the first line: a body with none may be no stream at all.
+    start: StreamStart | None = StreamStart()
     async with aclosing(body_reads(response)) as reads:
         async for data in reads:
+            if start is not None:
+                start.keep(data)
             produced = False
             for line in lines.feed(data):
                 if line.strip():
                     produced = True
+                    start = None
                     yield line
             await step(produced)
     for line in lines.flush():
@@ -324,6 +331,9 @@ async def _ndjson(response: HTTPResponse, limit: int, provider: str) -> AsyncGen
             try:
                 loads(line, provider, "response line")
             except ResponseDecodeError as exc:
+                if start is not None:
+                    # The whole body, unparsed: a text page is not a torn stream.
+                    start.check(response, provider, "ndjson")
                 raise truncated(provider, "a torn last line") from exc
             yield line
 

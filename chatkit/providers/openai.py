@@ -22,6 +22,7 @@ from chatkit._transport import HTTPClient
 from chatkit._types import ChatCompletion, ChatCompletionChunk, Model, set_provider
 from chatkit.providers._base import Capabilities
 from chatkit.providers._common import (
+    StreamStart,
     body_reads,
     check_stream_type,
     get_json,
@@ -136,6 +137,8 @@ class OpenAI:
         decoder = SSEDecoder()
         finished = False
         idle = 0
+        # Dropped at the first event: the check at the end is for bodies with none.
+        start: StreamStart | None = StreamStart()
         async with (
             http.open(
                 "POST",
@@ -152,6 +155,8 @@ class OpenAI:
             # aclosing: returning at [DONE] must close the reader now, not
             # leave it to the loop's async-generator finalizer as a stray task.
             async for data in reads:
+                if start is not None:
+                    start.keep(data)
                 # Plain message events come as bare strings: a read of a
                 # thousand events allocates nothing the garbage collector tracks.
                 events = decoder.feed_messages(data)
@@ -165,6 +170,7 @@ class OpenAI:
                         await asyncio.sleep(0)
                     continue
                 idle = 0
+                start = None
                 for event in events:
                     # The per-chunk path, kept inline: parse straight from the
                     # event text, stamp the provider, hand the chunk on.
@@ -184,7 +190,11 @@ class OpenAI:
                         finished = True
                     chunk.__dict__["provider"] = name  # what set_provider does, minus a call
                     yield chunk
-            for event in decoder.flush_messages():
+            tail = decoder.flush_messages()
+            if start is not None and not tail:
+                # No event at all: a JSON error or a page is not a dropped stream.
+                start.check(response, name, "sse")
+            for event in tail:
                 # What was pending when the body ended: an unterminated last
                 # event. One that does not parse was torn by the truncation.
                 try:
