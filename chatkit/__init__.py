@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "AsyncChatStream": "chatkit._streaming",
     "AsyncClient": "chatkit._client",
-    "Attempt": "chatkit._retry",
+    "Attempt": "chatkit._attempt",
     "ChatCompletion": "chatkit._types",
     "ChatCompletionChunk": "chatkit._types",
     "ChatCompletionMessage": "chatkit._types",
@@ -144,6 +144,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from chatkit._attempt import Attempt
     from chatkit._client import AsyncClient
     from chatkit._config import Limits, Timeout
     from chatkit._errors import (
@@ -179,7 +180,7 @@ if TYPE_CHECKING:
         UnsupportedCapabilityError,
     )
     from chatkit._request import OPENAI_PARAMS, ChatRequest
-    from chatkit._retry import Attempt, RetryPolicy
+    from chatkit._retry import RetryPolicy
     from chatkit._retry_provider import IterListProvider, RetryProvider
     from chatkit._streaming import AsyncChatStream
     from chatkit._sync import ChatStream, Client

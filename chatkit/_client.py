@@ -28,7 +28,7 @@ from chatkit._proxy import ProxySettings
 from chatkit._request import ChatRequest, build_request, check_headers, strict_json_schema
 from chatkit._retry import RetryingCall, RetryPolicy
 from chatkit._streaming import AsyncChatStream
-from chatkit._transport import HTTPClient, Transport
+from chatkit._transport import HTTPCall, Transport
 from chatkit._types import ChatCompletion, Model
 from chatkit.providers import (
     OpenAI,
@@ -184,7 +184,7 @@ class AsyncClient:
 
     def _start(
         self, override: Any, request: ChatRequest, proxy: object
-    ) -> tuple[RetryingCall, HTTPClient]:
+    ) -> tuple[RetryingCall, HTTPCall]:
         self._check_open()
         provider, model = self._choose(override, request.model)
         if model != request.model:

@@ -41,7 +41,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chatkit._attempt import Attempt
 
 __all__ = [
     "APIConnectionError",
@@ -86,7 +89,7 @@ class ChatkitError(Exception):
     (``chatkit.Attempt``); empty for an error raised before any attempt.
     """
 
-    attempts: Sequence[Any] = ()
+    attempts: Sequence[Attempt] = ()
 
 
 # Ported ``except openai.OpenAIError`` clauses keep working.
@@ -144,7 +147,7 @@ class APIError(ChatkitError):
         super().__init__(message)
         self.message = message
         self.provider = provider
-        self.attempts: Sequence[Any] = []
+        self.attempts: Sequence[Attempt] = []
 
 
 class APIStatusError(APIError):
@@ -275,14 +278,14 @@ class RetryProviderError(APIError):
     """Every attempt failed. ``attempts`` holds each one; ``exceptions`` their errors."""
 
     def __init__(
-        self, message: str, *, attempts: Sequence[Any] = (), provider: str | None = None
+        self, message: str, *, attempts: Sequence[Attempt] = (), provider: str | None = None
     ) -> None:
         super().__init__(message, provider=provider)
         self.attempts = list(attempts)
 
     @property
     def exceptions(self) -> list[BaseException]:
-        return [a.error for a in self.attempts if getattr(a, "error", None) is not None]
+        return [a.error for a in self.attempts if a.error is not None]
 
 
 class RetryNoProviderError(RetryProviderError):

@@ -86,7 +86,7 @@ class Permit:
                     del self.pool.hosts[self.origin]
 
     def release_soon(self) -> None:
-        """``release``, from any thread (``HTTPClient.abort`` may run in ``__del__``)."""
+        """``release``, from any thread (``HTTPCall.abort`` may run in ``__del__``)."""
         loop = self.pool.loop
         if threading.get_ident() == getattr(loop, "_thread_id", None):
             self.release()

@@ -32,6 +32,7 @@ from typing import Any, Literal, TypeVar
 import anyio
 
 from chatkit._assemble import CompletionBuilder
+from chatkit._attempt import Attempt
 from chatkit._errors import (
     APIConnectionError,
     APIStatusError,
@@ -47,7 +48,7 @@ from chatkit._errors import (
     UnsupportedCapabilityError,
 )
 from chatkit._request import ChatRequest
-from chatkit._transport import HTTPClient
+from chatkit._transport import HTTPCall
 from chatkit._types import ChatCompletion, ChatCompletionChunk, set_provider
 from chatkit.providers import model_for
 from chatkit.providers._base import provider_name
@@ -189,60 +190,6 @@ def _header(error: BaseException, name: str) -> str | None:
     return None
 
 
-_MAX_REASON = 300
-
-
-@dataclass
-class Attempt:
-    """One try of one provider, or a provider skipped before trying.
-
-    number: 1-based position among every attempt of the call (skips included).
-    retry: 0 for a provider's first attempt, n for its n-th retry.
-    delay: the backoff slept before the next attempt of the same provider;
-        None when the call moved on (or ended) after this attempt.
-    """
-
-    provider: str
-    number: int
-    retry: int = 0
-    error: BaseException | None = None
-    delay: float | None = None
-    skipped: bool = False
-    duration: float = 0.0
-
-    @property
-    def status_code(self) -> int | None:
-        return getattr(self.error, "status_code", None)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and not self.skipped
-
-    def describe(self) -> str:
-        """One line: provider, attempt number, and the status or exception."""
-        if self.error is None:
-            return f"{self.provider} (attempt {self.number}): ok"
-        reason = self._reason(self.error)
-        if self.skipped:
-            return f"{self.provider}: skipped: {reason}"
-        wait = f"; retrying in {self.delay:.3g}s" if self.delay is not None else ""
-        return f"{self.provider} (attempt {self.number}): {reason}{wait}"
-
-    def _reason(self, error: BaseException) -> str:
-        message = " ".join(str(error).split())
-        prefix = f"{self.provider}: "
-        if message.startswith(prefix):
-            message = message[len(prefix) :]
-        status = self.status_code
-        if status is not None and not message.startswith(f"{status} "):
-            message = f"{status} {message}"
-        if len(message) > _MAX_REASON:
-            message = message[: _MAX_REASON - 3] + "..."
-        return f"{type(error).__name__}: {message}" if message else type(error).__name__
-
-    __str__ = describe
-
-
 # Nothing was sent: the provider cannot take this call at all, so it is skipped.
 _SKIP_ERRORS = (MissingAuthError, UnsupportedCapabilityError)
 
@@ -267,7 +214,7 @@ class RetryingCall:
 
     candidates: Sequence[Any]
     request: ChatRequest
-    http: HTTPClient
+    http: HTTPCall
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     retry_same: bool = True
     aggregate: bool = False

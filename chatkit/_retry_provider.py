@@ -15,10 +15,11 @@ import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ClassVar
 
+from chatkit._attempt import Attempt
 from chatkit._errors import InvalidRequestError
 from chatkit._request import ChatRequest
-from chatkit._retry import Attempt, RetryingCall, RetryPolicy
-from chatkit._transport import HTTPClient
+from chatkit._retry import RetryingCall, RetryPolicy
+from chatkit._transport import HTTPCall
 from chatkit._types import ChatCompletion, ChatCompletionChunk
 from chatkit.providers._base import provider_name
 
@@ -117,7 +118,7 @@ class IterListProvider:
             random.shuffle(order)
         return order
 
-    def retrying_call(self, request: ChatRequest, http: HTTPClient) -> RetryingCall:
+    def retrying_call(self, request: ChatRequest, http: HTTPCall) -> RetryingCall:
         """A fresh call over the providers (shuffled now, if asked)."""
         return RetryingCall(
             self._order(),
@@ -132,11 +133,11 @@ class IterListProvider:
             route_models=True,
         )
 
-    def stream(self, request: ChatRequest, http: HTTPClient) -> AsyncIterator[ChatCompletionChunk]:
+    def stream(self, request: ChatRequest, http: HTTPCall) -> AsyncIterator[ChatCompletionChunk]:
         """The provider protocol: the answer's chunks, retried up to the commit point."""
         return self.retrying_call(request, http).stream()
 
-    async def complete(self, request: ChatRequest, http: HTTPClient) -> ChatCompletion:
+    async def complete(self, request: ChatRequest, http: HTTPCall) -> ChatCompletion:
         """The provider protocol: a whole answer, retried and fallen back as needed."""
         return await self.retrying_call(request, http).complete()
 

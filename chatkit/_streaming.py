@@ -19,7 +19,7 @@ from chatkit._errors import StreamInterrupted
 from chatkit._types import ChatCompletion, ChatCompletionChunk, CompletionUsage
 
 if TYPE_CHECKING:
-    from chatkit._retry import Attempt
+    from chatkit._attempt import Attempt
 
 __all__ = ["AsyncChatStream"]
 

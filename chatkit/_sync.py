@@ -36,7 +36,7 @@ from chatkit._types import ChatCompletion, ChatCompletionChunk, CompletionUsage,
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from chatkit._retry import Attempt
+    from chatkit._attempt import Attempt
     from chatkit._streaming import AsyncChatStream
 
 __all__ = ["ChatStream", "Client"]

@@ -2,7 +2,7 @@
 
 One ``Transport`` per client owns its aiohttp sessions: one per event loop and
 per SOCKS proxy (aiohttp-socks binds a proxy to a connector), created lazily on
-the loop that uses them. Providers see a per-call ``HTTPClient``, which tracks
+the loop that uses them. Providers see a per-call ``HTTPCall``, which tracks
 the responses it opened so a stream dropped by the caller can be aborted
 synchronously (``abort()``), from ``__del__`` if need be.
 
@@ -62,7 +62,7 @@ __all__ = [
     "MAX_BODY_SIZE",
     "MAX_ERROR_BODY_SIZE",
     "MAX_REDIRECTS",
-    "HTTPClient",
+    "HTTPCall",
     "HTTPResponse",
     "RedactedCause",
     "Transport",
@@ -98,7 +98,7 @@ class HTTPResponse:
     def __init__(
         self,
         raw: aiohttp.ClientResponse,
-        call: HTTPClient,
+        call: HTTPCall,
         provider: str,
         proxy: ProxyURL | None = None,
         permit: Permit | None = None,
@@ -199,13 +199,13 @@ class Transport:
         timeout: Timeout = DEFAULT_TIMEOUT,
         proxy: ProxySettings | None = None,
         headers: Mapping[str, str] | None = None,
-    ) -> HTTPClient:
+    ) -> HTTPCall:
         """A handle for one chat call.
 
         ``proxy`` is the call's own setting (``create(..., proxy=...)``): it
         overrides the client's; a provider's own settings override both.
         """
-        return HTTPClient(self, self.proxy, timeout, dict(headers or {}), call_proxy=proxy)
+        return HTTPCall(self, self.proxy, timeout, dict(headers or {}), call_proxy=proxy)
 
     def _slot(self) -> _LoopSessions:
         if self._closed:
@@ -360,7 +360,7 @@ def _close_sockets(connector: aiohttp.BaseConnector) -> None:
             transport._sock = None  # type: ignore[union-attr]
 
 
-class HTTPClient:
+class HTTPCall:
     """What a provider uses to talk HTTP during one call."""
 
     def __init__(

@@ -7,9 +7,12 @@ with ``model_validate_json``; no dict round-trips on the hot path.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+if TYPE_CHECKING:
+    from chatkit._attempt import Attempt
 
 __all__ = [
     "ChatCompletion",
@@ -152,10 +155,10 @@ class ChatCompletion(_Wire):
     usage: CompletionUsage | None = None
     system_fingerprint: str | None = None
     provider: str | None = None
-    _attempts: list[Any] = PrivateAttr(default_factory=list)
+    _attempts: list[Attempt] = PrivateAttr(default_factory=list)
 
     @property
-    def attempts(self) -> list[Any]:
+    def attempts(self) -> list[Attempt]:
         """Every attempt made to produce this answer (see ``chatkit.Attempt``)."""
         return self._attempts
 

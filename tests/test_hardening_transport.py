@@ -37,7 +37,7 @@ from chatkit import (
     Timeout,
 )
 from chatkit import _transport as transport_module
-from chatkit._transport import MAX_ERROR_BODY_SIZE, HTTPClient, Transport
+from chatkit._transport import MAX_ERROR_BODY_SIZE, HTTPCall, Transport
 from chatkit.providers import OpenAI
 
 KEY = "sk-hardening-secret-0123456789"
@@ -83,7 +83,7 @@ async def raw_server(reply: bytes) -> AsyncIterator[int]:
         await server.wait_closed()
 
 
-async def post(http: HTTPClient, url: str, **headers: str) -> bytes:
+async def post(http: HTTPCall, url: str, **headers: str) -> bytes:
     http.start()
     async with http.open("POST", url, provider="P", json_body=BODY, headers=headers) as response:
         return await response.read()

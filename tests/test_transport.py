@@ -30,7 +30,7 @@ from chatkit import (
     Timeout,
 )
 from chatkit._proxy import ProxySettings, ProxyURL
-from chatkit._transport import HTTPClient, RedactedCause, Transport, _socks_connector
+from chatkit._transport import HTTPCall, RedactedCause, Transport, _socks_connector
 from chatkit.providers import OpenAI
 from chatkit.testing import Behavior, FakeOpenAIServer, start_pproxy
 
@@ -89,7 +89,7 @@ async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     await asyncio.Event().wait()  # accept, then never say anything
 
 
-async def read_stream(http: HTTPClient, url: str) -> bytes:
+async def read_stream(http: HTTPCall, url: str) -> bytes:
     http.start()
     received = b""
     async with http.open("POST", url, provider="P", json_body=BODY) as response:

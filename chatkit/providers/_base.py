@@ -25,7 +25,7 @@ from chatkit._errors import UnsupportedCapabilityError
 
 if TYPE_CHECKING:
     from chatkit._request import ChatRequest
-    from chatkit._transport import HTTPClient
+    from chatkit._transport import HTTPCall
     from chatkit._types import ChatCompletionChunk
 
 __all__ = ["Capabilities", "Provider", "provider_name", "supports_strict_schema"]
@@ -35,7 +35,7 @@ __all__ = ["Capabilities", "Provider", "provider_name", "supports_strict_schema"
 class Provider(Protocol):
     """The one method a provider must have."""
 
-    def stream(self, request: ChatRequest, http: HTTPClient) -> AsyncIterator[ChatCompletionChunk]:
+    def stream(self, request: ChatRequest, http: HTTPCall) -> AsyncIterator[ChatCompletionChunk]:
         """Yield the answer's chunks; raise chatkit errors on failure."""
         ...
 

@@ -33,7 +33,7 @@ from chatkit._errors import (
 from chatkit._proxy import ProxySettings
 from chatkit._request import ChatRequest
 from chatkit._sse import SSEDecoder, SSEEvent
-from chatkit._transport import HTTPClient, HTTPResponse
+from chatkit._transport import HTTPCall, HTTPResponse
 from chatkit._types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -550,7 +550,7 @@ async def translated_errors(
 
 
 async def get_json(
-    http: HTTPClient,
+    http: HTTPCall,
     url: str,
     *,
     provider: str,

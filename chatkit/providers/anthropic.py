@@ -30,7 +30,7 @@ from chatkit._errors import (
 )
 from chatkit._request import ChatRequest
 from chatkit._sse import SSEEvent
-from chatkit._transport import HTTPClient
+from chatkit._transport import HTTPCall
 from chatkit._types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -375,7 +375,7 @@ class Anthropic:
             stream=stream,
         )
 
-    def _open(self, http: HTTPClient, request: ChatRequest, *, stream: bool) -> Any:
+    def _open(self, http: HTTPCall, request: ChatRequest, *, stream: bool) -> Any:
         accept = "text/event-stream" if stream else "application/json"
         return http.open(
             "POST",
@@ -390,7 +390,7 @@ class Anthropic:
     # -- calls ---------------------------------------------------------------
 
     async def stream(
-        self, request: ChatRequest, http: HTTPClient
+        self, request: ChatRequest, http: HTTPCall
     ) -> AsyncIterator[ChatCompletionChunk]:
         async with self._open(http, request, stream=True) as response:
             check_stream_type(response, self.name, "sse")
@@ -412,7 +412,7 @@ class Anthropic:
         if not state.finished:
             raise stream_ended_early(self.name, "message_stop")
 
-    async def complete(self, request: ChatRequest, http: HTTPClient) -> ChatCompletion:
+    async def complete(self, request: ChatRequest, http: HTTPCall) -> ChatCompletion:
         async with self._open(http, request, stream=False) as response:
             raw = await response.read()
             request_id = response.headers.get("request-id")
@@ -425,7 +425,7 @@ class Anthropic:
         except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as exc:
             raise decode_error(self.name, "response is not a Message", raw) from exc
 
-    async def list_models(self, http: HTTPClient) -> list[Model]:
+    async def list_models(self, http: HTTPCall) -> list[Model]:
         """Every model the key can use, following the list's pages."""
         models: list[Model] = []
         params = {"limit": "1000"}

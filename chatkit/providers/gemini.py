@@ -32,7 +32,7 @@ from chatkit._errors import (
     error_from_event,
 )
 from chatkit._request import ChatRequest
-from chatkit._transport import HTTPClient, HTTPResponse
+from chatkit._transport import HTTPCall, HTTPResponse
 from chatkit._types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -160,7 +160,7 @@ class Gemini:
         return f"{self.base_url}/{self.api_version}/{quote(resource, safe='/')}:{method}"
 
     def _post(
-        self, request: ChatRequest, http: HTTPClient, *, stream: bool
+        self, request: ChatRequest, http: HTTPCall, *, stream: bool
     ) -> AbstractAsyncContextManager[HTTPResponse]:
         model = request.model or self.default_model
         params = {"alt": "sse"} if stream else {}
@@ -179,7 +179,7 @@ class Gemini:
         return translated_errors(opened, _refine)
 
     async def stream(
-        self, request: ChatRequest, http: HTTPClient
+        self, request: ChatRequest, http: HTTPCall
     ) -> AsyncIterator[ChatCompletionChunk]:
         reader = _ResponseReader(self.name)
         async with self._post(request, http, stream=True) as response:
@@ -199,13 +199,13 @@ class Gemini:
         if not reader.finished:
             raise stream_ended_early(self.name, "a finishReason")
 
-    async def complete(self, request: ChatRequest, http: HTTPClient) -> ChatCompletion:
+    async def complete(self, request: ChatRequest, http: HTTPCall) -> ChatCompletion:
         async with self._post(request, http, stream=False) as response:
             raw = await response.read()
         chunk = _ResponseReader(self.name).read_raw(raw)
         return completion_from_chunk(chunk, self.name)
 
-    async def list_models(self, http: HTTPClient) -> list[Model]:
+    async def list_models(self, http: HTTPCall) -> list[Model]:
         """Models that can ``generateContent``, every page of them."""
         models: list[Model] = []
         token: str | None = None

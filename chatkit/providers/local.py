@@ -48,7 +48,7 @@ from chatkit._errors import (
 )
 from chatkit._proxy import ProxySettings
 from chatkit._request import ChatRequest
-from chatkit._transport import HTTPClient
+from chatkit._transport import HTTPCall
 from chatkit._types import ChatCompletion, ChatCompletionChunk, Model
 from chatkit.providers import _local_setup as setup
 from chatkit.providers._base import Capabilities
@@ -429,7 +429,7 @@ class Local:
         )
 
     async def stream(
-        self, request: ChatRequest, http: HTTPClient
+        self, request: ChatRequest, http: HTTPCall
     ) -> AsyncIterator[ChatCompletionChunk]:
         self.check_request(request)
         wire = await self._wire_for_call()
@@ -446,7 +446,7 @@ class Local:
                     strip = _strip_leading_space(chunk)
                 yield chunk
 
-    async def complete(self, request: ChatRequest, http: HTTPClient) -> ChatCompletion:
+    async def complete(self, request: ChatRequest, http: HTTPCall) -> ChatCompletion:
         self.check_request(request)
         wire = await self._wire_for_call()
         completion = await wire.complete(self._prepare(request, False), http)
@@ -456,7 +456,7 @@ class Local:
                     choice.message.content = choice.message.content.strip()
         return completion
 
-    async def list_models(self, http: HTTPClient) -> list[Model]:
+    async def list_models(self, http: HTTPCall) -> list[Model]:
         """The one model this provider runs (no process is started)."""
         del http
         return [Model(id=self.default_model, owned_by="local", provider=self.name)]

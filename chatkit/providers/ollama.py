@@ -34,7 +34,7 @@ from chatkit._errors import (
     error_from_event,
 )
 from chatkit._request import ChatRequest
-from chatkit._transport import HTTPClient, HTTPResponse
+from chatkit._transport import HTTPCall, HTTPResponse
 from chatkit._types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -196,7 +196,7 @@ class Ollama:
         return headers
 
     def _open(
-        self, http: HTTPClient, method: str, path: str, **kwargs: Any
+        self, http: HTTPCall, method: str, path: str, **kwargs: Any
     ) -> AbstractAsyncContextManager[HTTPResponse]:
         opened = http.open(
             method,
@@ -208,7 +208,7 @@ class Ollama:
         return translated_errors(opened, _restate)
 
     def _chat(
-        self, request: ChatRequest, http: HTTPClient, *, stream: bool
+        self, request: ChatRequest, http: HTTPCall, *, stream: bool
     ) -> AbstractAsyncContextManager[HTTPResponse]:
         accept = "application/x-ndjson" if stream else "application/json"
         return self._open(
@@ -221,7 +221,7 @@ class Ollama:
         )
 
     async def stream(
-        self, request: ChatRequest, http: HTTPClient
+        self, request: ChatRequest, http: HTTPCall
     ) -> AsyncIterator[ChatCompletionChunk]:
         reader = _ChatReader(self.name)
         async with self._chat(request, http, stream=True) as response:
@@ -237,13 +237,13 @@ class Ollama:
         if not reader.finished:
             raise stream_ended_early(self.name, "its done line")
 
-    async def complete(self, request: ChatRequest, http: HTTPClient) -> ChatCompletion:
+    async def complete(self, request: ChatRequest, http: HTTPCall) -> ChatCompletion:
         async with self._chat(request, http, stream=False) as response:
             raw = await response.read()
         chunk = _ChatReader(self.name).read_raw(raw)
         return completion_from_chunk(chunk, self.name)
 
-    async def list_models(self, http: HTTPClient) -> list[Model]:
+    async def list_models(self, http: HTTPCall) -> list[Model]:
         """The models pulled onto the server (``GET /api/tags``)."""
         async with self._open(
             http, "GET", "/api/tags", headers=self._headers_for("application/json")

@@ -18,7 +18,7 @@ from chatkit._errors import ResponseDecodeError, error_from_event
 from chatkit._proxy import ProxySettings
 from chatkit._request import ChatRequest
 from chatkit._sse import SSEDecoder, SSEEvent
-from chatkit._transport import HTTPClient
+from chatkit._transport import HTTPCall
 from chatkit._types import ChatCompletion, ChatCompletionChunk, Model, set_provider
 from chatkit.providers._base import Capabilities
 from chatkit.providers._common import (
@@ -128,7 +128,7 @@ class OpenAI:
         return body
 
     async def stream(
-        self, request: ChatRequest, http: HTTPClient
+        self, request: ChatRequest, http: HTTPCall
     ) -> AsyncIterator[ChatCompletionChunk]:
         name = self.name
         # The validator itself, not model_validate_json: this runs once per
@@ -247,7 +247,7 @@ class OpenAI:
             text = event if isinstance(event, str) else event.data
             raise self._decode_error(text)
 
-    async def complete(self, request: ChatRequest, http: HTTPClient) -> ChatCompletion:
+    async def complete(self, request: ChatRequest, http: HTTPCall) -> ChatCompletion:
         async with http.open(
             "POST",
             f"{self.base_url}/chat/completions",
@@ -276,7 +276,7 @@ class OpenAI:
         set_provider(completion, self.name)
         return completion
 
-    async def list_models(self, http: HTTPClient) -> list[Model]:
+    async def list_models(self, http: HTTPCall) -> list[Model]:
         payload = await get_json(
             http,
             f"{self.base_url}/models",

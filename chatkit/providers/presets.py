@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from chatkit._config import env_value
 from chatkit._errors import MissingAuthError, ModelNotFoundError
 from chatkit._request import ChatRequest
-from chatkit._transport import HTTPClient
+from chatkit._transport import HTTPCall
 from chatkit._types import ChatCompletion, ChatCompletionChunk
 from chatkit.providers._base import Capabilities
 from chatkit.providers.openai import OpenAI
@@ -43,7 +43,7 @@ class LocalServer(OpenAI):
         super().__init__(*args, **kwargs)
         self._served_model: str | None = None
 
-    async def _with_model(self, request: ChatRequest, http: HTTPClient) -> ChatRequest:
+    async def _with_model(self, request: ChatRequest, http: HTTPCall) -> ChatRequest:
         if request.model or self.default_model:
             return request
         if self._served_model is None:
@@ -58,7 +58,7 @@ class LocalServer(OpenAI):
         return dataclasses.replace(request, model=self._served_model)
 
     async def stream(
-        self, request: ChatRequest, http: HTTPClient
+        self, request: ChatRequest, http: HTTPCall
     ) -> AsyncIterator[ChatCompletionChunk]:
         request = await self._with_model(request, http)
         chunks = super().stream(request, http)
@@ -71,7 +71,7 @@ class LocalServer(OpenAI):
             if aclose is not None:
                 await aclose()
 
-    async def complete(self, request: ChatRequest, http: HTTPClient) -> ChatCompletion:
+    async def complete(self, request: ChatRequest, http: HTTPCall) -> ChatCompletion:
         return await super().complete(await self._with_model(request, http), http)
 
 
@@ -225,8 +225,8 @@ class AzureOpenAI(OpenAI):
         query = {"api-version": self.api_version, **request.extra_query}
         return dataclasses.replace(request, extra_query=query)
 
-    def stream(self, request: ChatRequest, http: HTTPClient) -> AsyncIterator[ChatCompletionChunk]:
+    def stream(self, request: ChatRequest, http: HTTPCall) -> AsyncIterator[ChatCompletionChunk]:
         return super().stream(self._with_version(request), http)
 
-    async def complete(self, request: ChatRequest, http: HTTPClient) -> ChatCompletion:
+    async def complete(self, request: ChatRequest, http: HTTPCall) -> ChatCompletion:
         return await super().complete(self._with_version(request), http)
