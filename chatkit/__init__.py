@@ -2,199 +2,116 @@
 
 ``import chatkit`` stays cheap: names are loaded from their modules on first
 use (pydantic and aiohttp cost hundreds of milliseconds to import).
+
+The import block below is the one list of public names. Type checkers read it
+as it is; at run time ``_install_lazy_imports`` reads it from this file's
+source (the shape of anyio's ``_lazyimport``) to build ``__getattr__``,
+``__dir__`` and ``__all__``, and only if the source is unavailable does the
+block run, importing everything at once.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_EXPORTS: dict[str, str] = {
-    "AsyncChatStream": "chatkit._streaming",
-    "AsyncClient": "chatkit._client",
-    "Attempt": "chatkit._attempt",
-    "ChatCompletion": "chatkit._types",
-    "ChatCompletionChunk": "chatkit._types",
-    "ChatCompletionMessage": "chatkit._types",
-    "ChatRequest": "chatkit._request",
-    "ChatStream": "chatkit._sync",
-    "Choice": "chatkit._types",
-    "ChoiceDelta": "chatkit._types",
-    "ChoiceDeltaToolCall": "chatkit._types",
-    "ChunkChoice": "chatkit._types",
-    "Client": "chatkit._sync",
-    "CompletionTokensDetails": "chatkit._types",
-    "CompletionUsage": "chatkit._types",
-    "IterListProvider": "chatkit._retry_provider",
-    "Limits": "chatkit._config",
-    "Model": "chatkit._types",
-    "OPENAI_PARAMS": "chatkit._request",
-    "PromptTokensDetails": "chatkit._types",
-    "RetryPolicy": "chatkit._retry",
-    "RetryProvider": "chatkit._retry_provider",
-    "Timeout": "chatkit._config",
-    "ToolCall": "chatkit._types",
-}
-_ERRORS = (
-    "APIConnectionError",
-    "APIError",
-    "APIStatusError",
-    "APITimeoutError",
-    "AuthenticationError",
-    "BadRequestError",
-    "ChatkitError",
-    "ClientClosedError",
-    "ConflictError",
-    "InternalServerError",
-    "InvalidRequestError",
-    "MissingAuthError",
-    "ModelNotFoundError",
-    "NotFoundError",
-    "OpenAIError",
-    "OverloadedError",
-    "PermissionDeniedError",
-    "PoolTimeoutError",
-    "ProviderNotFoundError",
-    "ProxyConfigError",
-    "ProxyError",
-    "RateLimitError",
-    "ResponseDecodeError",
-    "ResponseTooLargeError",
-    "RetryNoProviderError",
-    "RetryProviderError",
-    "SSEDecodeError",
-    "StreamInterrupted",
-    "UnprocessableEntityError",
-    "UnsupportedCapabilityError",
-)
-_EXPORTS.update(dict.fromkeys(_ERRORS, "chatkit._errors"))
-
-__all__ = [
-    "APIConnectionError",
-    "APIError",
-    "APIStatusError",
-    "APITimeoutError",
-    "AsyncChatStream",
-    "AsyncClient",
-    "Attempt",
-    "AuthenticationError",
-    "BadRequestError",
-    "ChatCompletion",
-    "ChatCompletionChunk",
-    "ChatCompletionMessage",
-    "ChatRequest",
-    "ChatStream",
-    "ChatkitError",
-    "Choice",
-    "ChoiceDelta",
-    "ChoiceDeltaToolCall",
-    "ChunkChoice",
-    "Client",
-    "ClientClosedError",
-    "CompletionTokensDetails",
-    "CompletionUsage",
-    "ConflictError",
-    "InternalServerError",
-    "InvalidRequestError",
-    "IterListProvider",
-    "Limits",
-    "MissingAuthError",
-    "Model",
-    "ModelNotFoundError",
-    "NotFoundError",
-    "OPENAI_PARAMS",
-    "OpenAIError",
-    "OverloadedError",
-    "PermissionDeniedError",
-    "PoolTimeoutError",
-    "PromptTokensDetails",
-    "ProviderNotFoundError",
-    "ProxyConfigError",
-    "ProxyError",
-    "RateLimitError",
-    "ResponseDecodeError",
-    "ResponseTooLargeError",
-    "RetryNoProviderError",
-    "RetryPolicy",
-    "RetryProvider",
-    "RetryProviderError",
-    "SSEDecodeError",
-    "StreamInterrupted",
-    "Timeout",
-    "ToolCall",
-    "UnprocessableEntityError",
-    "UnsupportedCapabilityError",
-    "__version__",
-]
+_EXPORTS: dict[str, str] = {}
+"""Public name -> the module that defines it, read from the import block."""
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'chatkit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+def _install_lazy_imports() -> bool:
+    import ast
+    import importlib
+
+    try:
+        with open(__file__, encoding="utf-8") as file:
+            source = file.read()
+    except OSError:  # a sourceless install: the block below imports everything now
+        return False
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.BoolOp):
+            for statement in node.body:
+                assert isinstance(statement, ast.ImportFrom) and statement.module is not None
+                for alias in statement.names:
+                    _EXPORTS[alias.asname or alias.name] = statement.module
+
+    def __getattr__(name: str) -> Any:
+        module = _EXPORTS.get(name)
+        if module is None:
+            raise AttributeError(f"module 'chatkit' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+
+    globals()["__getattr__"] = __getattr__
+    return True
+
+
+_names_before = set(globals())
+if TYPE_CHECKING or not _install_lazy_imports():
+    from chatkit._aliases import ProviderSpec as ProviderSpec
+    from chatkit._aliases import TimeoutTypes as TimeoutTypes
+    from chatkit._attempt import Attempt as Attempt
+    from chatkit._client import AsyncClient as AsyncClient
+    from chatkit._config import Limits as Limits
+    from chatkit._config import Timeout as Timeout
+    from chatkit._errors import APIConnectionError as APIConnectionError
+    from chatkit._errors import APIError as APIError
+    from chatkit._errors import APIStatusError as APIStatusError
+    from chatkit._errors import APITimeoutError as APITimeoutError
+    from chatkit._errors import AuthenticationError as AuthenticationError
+    from chatkit._errors import BadRequestError as BadRequestError
+    from chatkit._errors import ChatkitError as ChatkitError
+    from chatkit._errors import ClientClosedError as ClientClosedError
+    from chatkit._errors import ConflictError as ConflictError
+    from chatkit._errors import InternalServerError as InternalServerError
+    from chatkit._errors import InvalidRequestError as InvalidRequestError
+    from chatkit._errors import MissingAuthError as MissingAuthError
+    from chatkit._errors import ModelNotFoundError as ModelNotFoundError
+    from chatkit._errors import NotFoundError as NotFoundError
+    from chatkit._errors import OpenAIError as OpenAIError
+    from chatkit._errors import OverloadedError as OverloadedError
+    from chatkit._errors import PermissionDeniedError as PermissionDeniedError
+    from chatkit._errors import PoolTimeoutError as PoolTimeoutError
+    from chatkit._errors import ProviderNotFoundError as ProviderNotFoundError
+    from chatkit._errors import ProxyConfigError as ProxyConfigError
+    from chatkit._errors import ProxyError as ProxyError
+    from chatkit._errors import RateLimitError as RateLimitError
+    from chatkit._errors import ResponseDecodeError as ResponseDecodeError
+    from chatkit._errors import ResponseTooLargeError as ResponseTooLargeError
+    from chatkit._errors import RetryNoProviderError as RetryNoProviderError
+    from chatkit._errors import RetryProviderError as RetryProviderError
+    from chatkit._errors import SSEDecodeError as SSEDecodeError
+    from chatkit._errors import StreamInterrupted as StreamInterrupted
+    from chatkit._errors import UnprocessableEntityError as UnprocessableEntityError
+    from chatkit._errors import UnsupportedCapabilityError as UnsupportedCapabilityError
+    from chatkit._request import OPENAI_PARAMS as OPENAI_PARAMS
+    from chatkit._request import ChatRequest as ChatRequest
+    from chatkit._retry import RetryPolicy as RetryPolicy
+    from chatkit._retry_provider import IterListProvider as IterListProvider
+    from chatkit._retry_provider import RetryProvider as RetryProvider
+    from chatkit._streaming import AsyncChatStream as AsyncChatStream
+    from chatkit._sync import ChatStream as ChatStream
+    from chatkit._sync import Client as Client
+    from chatkit._types import ChatCompletion as ChatCompletion
+    from chatkit._types import ChatCompletionChunk as ChatCompletionChunk
+    from chatkit._types import ChatCompletionMessage as ChatCompletionMessage
+    from chatkit._types import Choice as Choice
+    from chatkit._types import ChoiceDelta as ChoiceDelta
+    from chatkit._types import ChoiceDeltaToolCall as ChoiceDeltaToolCall
+    from chatkit._types import ChunkChoice as ChunkChoice
+    from chatkit._types import CompletionTokensDetails as CompletionTokensDetails
+    from chatkit._types import CompletionUsage as CompletionUsage
+    from chatkit._types import Model as Model
+    from chatkit._types import PromptTokensDetails as PromptTokensDetails
+    from chatkit._types import ToolCall as ToolCall
+
+# Lazily: the names the block lists; eagerly: the names it imported.
+_imported = {name for name in set(globals()) - _names_before if not name.startswith("_")}
+__all__ = sorted({*_EXPORTS, *_imported, "__version__"})
+del _names_before, _imported
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
-
-
-if TYPE_CHECKING:
-    from chatkit._attempt import Attempt
-    from chatkit._client import AsyncClient
-    from chatkit._config import Limits, Timeout
-    from chatkit._errors import (
-        APIConnectionError,
-        APIError,
-        APIStatusError,
-        APITimeoutError,
-        AuthenticationError,
-        BadRequestError,
-        ChatkitError,
-        ClientClosedError,
-        ConflictError,
-        InternalServerError,
-        InvalidRequestError,
-        MissingAuthError,
-        ModelNotFoundError,
-        NotFoundError,
-        OpenAIError,
-        OverloadedError,
-        PermissionDeniedError,
-        PoolTimeoutError,
-        ProviderNotFoundError,
-        ProxyConfigError,
-        ProxyError,
-        RateLimitError,
-        ResponseDecodeError,
-        ResponseTooLargeError,
-        RetryNoProviderError,
-        RetryProviderError,
-        SSEDecodeError,
-        StreamInterrupted,
-        UnprocessableEntityError,
-        UnsupportedCapabilityError,
-    )
-    from chatkit._request import OPENAI_PARAMS, ChatRequest
-    from chatkit._retry import RetryPolicy
-    from chatkit._retry_provider import IterListProvider, RetryProvider
-    from chatkit._streaming import AsyncChatStream
-    from chatkit._sync import ChatStream, Client
-    from chatkit._types import (
-        ChatCompletion,
-        ChatCompletionChunk,
-        ChatCompletionMessage,
-        Choice,
-        ChoiceDelta,
-        ChoiceDeltaToolCall,
-        ChunkChoice,
-        CompletionTokensDetails,
-        CompletionUsage,
-        Model,
-        PromptTokensDetails,
-        ToolCall,
-    )
+    return list(__all__)

@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar, overload
 
 from pydantic import BaseModel, ValidationError
 
+from chatkit._aliases import ProviderSpec, TimeoutTypes
 from chatkit._config import (
     DEFAULT_LIMITS,
     DEFAULT_TIMEOUT,
@@ -25,8 +26,9 @@ from chatkit._config import (
 )
 from chatkit._errors import ClientClosedError, InvalidRequestError, ResponseDecodeError
 from chatkit._proxy import ProxySettings
+from chatkit._public import public
 from chatkit._request import ChatRequest, build_request, check_headers, strict_json_schema
-from chatkit._retry import RetryingCall, RetryPolicy
+from chatkit._retry import RetryingCall, RetryPolicy, own_retrying_call
 from chatkit._streaming import AsyncChatStream
 from chatkit._transport import HTTPCall, Transport
 from chatkit._types import ChatCompletion, Model
@@ -38,7 +40,13 @@ from chatkit.providers import (
     provider_name,
     split_model,
 )
-from chatkit.providers._base import supports_strict_schema
+from chatkit.providers._base import (
+    Provider,
+    SupportsAclose,
+    SupportsListModels,
+    is_provider_class,
+    supports_strict_schema,
+)
 
 __all__ = ["AsyncClient", "parse_content"]
 
@@ -60,6 +68,13 @@ def _check_api_key(value: object) -> str | Mapping[str, str] | None:
     raise InvalidRequestError("api_key must be a string", field="api_key")
 
 
+def _not_a_provider(what: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"provider must be a provider class, instance or registered name, got {what}",
+        field="provider",
+    )
+
+
 class AsyncClient:
     """An async chat client.
 
@@ -77,13 +92,13 @@ class AsyncClient:
 
     def __init__(
         self,
-        provider: Any = None,
+        provider: ProviderSpec | None = None,
         *,
         api_key: str | Mapping[str, str] | None = None,
         base_url: str | None = None,
         proxies: Mapping[str, str | None] | str | None = None,
         proxy: str | None = None,
-        timeout: Timeout | float | None = None,
+        timeout: TimeoutTypes = None,
         max_retries: int = 2,
         default_headers: Mapping[str, str] | None = None,
         trust_env: bool = True,
@@ -100,7 +115,7 @@ class AsyncClient:
             )
         self._proxy = ProxySettings.create(proxy=proxy, proxies=proxies, trust_env=trust_env)
         self._transport = Transport(self._proxy, limits=limits)
-        self._owned: dict[type, Any] = {}
+        self._owned: dict[type[Provider], Provider] = {}
         self._provider = self._instantiate(provider) if provider is not None else None
         if self._provider is None and self._base_url is not None:
             self._provider = self._instantiate(OpenAI)
@@ -108,7 +123,7 @@ class AsyncClient:
         self.models = _Models(self)
 
     @property
-    def provider(self) -> Any:
+    def provider(self) -> Provider | None:
         """The configured provider, or None when it is resolved per call."""
         return self._provider
 
@@ -131,32 +146,30 @@ class AsyncClient:
             return self._api_key.get(provider_name(cls)) or self._api_key.get(cls.__name__)
         return self._api_key
 
-    def _instantiate(self, spec: Any) -> Any:
+    def _instantiate(self, spec: ProviderSpec) -> Provider:
         if isinstance(spec, str):
             spec = get_provider_class(spec)
-        if not callable(getattr(spec, "stream", None)):
-            # Checked on a class too: provider=int must not be called with api_key=.
-            what = f"the class {spec.__name__}" if isinstance(spec, type) else type(spec).__name__
-            raise InvalidRequestError(
-                f"provider must be a provider class, instance or registered name, got {what}",
-                field="provider",
-            )
-        if isinstance(spec, type):
-            # One instance per class per client: a provider may hold costly state
-            # (the local model's child process), and the client closes what it made.
-            made = self._owned.get(spec)
-            if made is None:
-                kwargs: dict[str, Any] = {}
-                key = self._key_for(spec)
-                if key is not None:
-                    kwargs["api_key"] = key
-                if self._base_url is not None:
-                    kwargs["base_url"] = self._base_url
-                made = self._owned[spec] = spec(**kwargs)
-            return made
-        return spec
+        if not isinstance(spec, type):
+            if not isinstance(spec, Provider):
+                raise _not_a_provider(type(spec).__name__)
+            return spec
+        # Checked on a class too, before calling it: provider=int must not get api_key=.
+        if not is_provider_class(spec):
+            raise _not_a_provider(f"the class {spec.__name__}")
+        # One instance per class per client: a provider may hold costly state
+        # (the local model's child process), and the client closes what it made.
+        made = self._owned.get(spec)
+        if made is None:
+            kwargs: dict[str, str | Mapping[str, str]] = {}
+            key = self._key_for(spec)
+            if key is not None:
+                kwargs["api_key"] = key
+            if self._base_url is not None:
+                kwargs["base_url"] = self._base_url
+            made = self._owned[spec] = spec(**kwargs)
+        return made
 
-    def _choose(self, override: Any, model: str) -> tuple[Any, str]:
+    def _choose(self, override: ProviderSpec | None, model: str) -> tuple[Provider, str]:
         """The provider for one call and the model string it receives.
 
         A ``"name:"`` prefix chooses the provider only when none is fixed
@@ -183,7 +196,7 @@ class AsyncClient:
             )
 
     def _start(
-        self, override: Any, request: ChatRequest, proxy: object
+        self, override: ProviderSpec | None, request: ChatRequest, proxy: str | None
     ) -> tuple[RetryingCall, HTTPCall]:
         self._check_open()
         provider, model = self._choose(override, request.model)
@@ -195,10 +208,8 @@ class AsyncClient:
         http = self._transport.call(
             timeout=request.timeout or self._timeout, proxy=proxy_settings, headers=self._headers
         )
-        own_call = getattr(provider, "retrying_call", None)
-        if getattr(provider, "handles_retries", False) and own_call is not None:
-            call: RetryingCall = own_call(request, http)
-        else:
+        call = own_retrying_call(provider, request, http)
+        if call is None:
             call = RetryingCall(
                 [provider], request, http, self._policy, label=str(provider_name(provider))
             )
@@ -211,9 +222,8 @@ class AsyncClient:
         owned, self._owned = list(self._owned.values()), {}
         try:
             for provider in owned:
-                aclose = getattr(provider, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+                if isinstance(provider, SupportsAclose):
+                    await provider.aclose()
         finally:
             await self._transport.aclose()
 
@@ -249,9 +259,9 @@ class _Completions:
         model: str | None = ...,
         *,
         stream: Literal[False] = False,
-        provider: Any = ...,
+        provider: ProviderSpec | None = ...,
         proxy: str | None = ...,
-        timeout: Timeout | float | None = ...,
+        timeout: TimeoutTypes = ...,
         extra_headers: Mapping[str, str] | None = ...,
         extra_query: Mapping[str, str] | None = ...,
         extra_body: Mapping[str, Any] | None = ...,
@@ -265,9 +275,9 @@ class _Completions:
         model: str | None = ...,
         *,
         stream: Literal[True],
-        provider: Any = ...,
+        provider: ProviderSpec | None = ...,
         proxy: str | None = ...,
-        timeout: Timeout | float | None = ...,
+        timeout: TimeoutTypes = ...,
         extra_headers: Mapping[str, str] | None = ...,
         extra_query: Mapping[str, str] | None = ...,
         extra_body: Mapping[str, Any] | None = ...,
@@ -281,9 +291,9 @@ class _Completions:
         model: str | None = ...,
         *,
         stream: bool,
-        provider: Any = ...,
+        provider: ProviderSpec | None = ...,
         proxy: str | None = ...,
-        timeout: Timeout | float | None = ...,
+        timeout: TimeoutTypes = ...,
         extra_headers: Mapping[str, str] | None = ...,
         extra_query: Mapping[str, str] | None = ...,
         extra_body: Mapping[str, Any] | None = ...,
@@ -296,9 +306,9 @@ class _Completions:
         model: str | None = "",
         *,
         stream: bool = False,
-        provider: Any = None,
+        provider: ProviderSpec | None = None,
         proxy: str | None = None,
-        timeout: Timeout | float | None = None,
+        timeout: TimeoutTypes = None,
         extra_headers: Mapping[str, str] | None = None,
         extra_query: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
@@ -395,15 +405,14 @@ class _Models:
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
 
-    async def list(self, provider: Any = None) -> list[Model]:
+    async def list(self, provider: ProviderSpec | None = None) -> list[Model]:
         """The models the provider offers, from its list endpoint."""
         self._client._check_open()
         chosen = self._client._instantiate(provider) if provider is not None else None
         chosen = (
             chosen or self._client._provider or self._client._instantiate(default_provider_class())
         )
-        lister = getattr(chosen, "list_models", None)
-        if lister is None:
+        if not isinstance(chosen, SupportsListModels):
             raise InvalidRequestError(
                 f"{provider_name(chosen)} has no model list endpoint", field="provider"
             )
@@ -411,5 +420,7 @@ class _Models:
             timeout=self._client._timeout, headers=self._client._headers
         )
         http.start()
-        models: list[Model] = await lister(http)
-        return models
+        return await chosen.list_models(http)
+
+
+public(AsyncClient)

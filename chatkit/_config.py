@@ -7,10 +7,11 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal, TypeGuard, overload
 from urllib.parse import urlsplit, urlunsplit
 
 from chatkit._errors import InvalidRequestError
+from chatkit._public import public
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -23,6 +24,7 @@ __all__ = [
     "coerce_timeout",
     "env_value",
     "header_secrets",
+    "is_number",
     "is_secret_header",
     "redact_url",
     "safe_cause",
@@ -31,10 +33,24 @@ __all__ = [
 ]
 
 
+@overload
+def is_number(value: object, *, integer: Literal[True]) -> TypeGuard[int]: ...
+@overload
+def is_number(value: object, *, integer: Literal[False] = False) -> TypeGuard[float]: ...
+def is_number(value: object, *, integer: bool = False) -> bool:
+    """An int (or, unless ``integer``, a float) but never a bool.
+
+    ``bool`` is a subclass of ``int``: without this, ``timeout=True`` would
+    pass as one second and ``max_retries=False`` as zero.
+    """
+    kinds = int if integer else int | float
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
 def _check_seconds(value: object, field: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not is_number(value):
         raise InvalidRequestError(
             f"{field} must be a number of seconds or None, got {type(value).__name__}",
             field=field,
@@ -78,7 +94,7 @@ DEFAULT_TIMEOUT = Timeout()
 def _check_count(value: object, field: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_number(value, integer=True) or value < 1:
         raise InvalidRequestError(
             f"{field} must be an integer >= 1 or None (no limit), got {value!r}", field=field
         )
@@ -273,3 +289,6 @@ def header_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
             if len(token) >= 8:
                 found.append(token)
     return tuple(found)
+
+
+public(Limits, Timeout)

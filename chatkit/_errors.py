@@ -43,6 +43,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from chatkit._public import public
+
 if TYPE_CHECKING:
     from chatkit._attempt import Attempt
 
@@ -90,6 +92,19 @@ class ChatkitError(Exception):
     """
 
     attempts: Sequence[Attempt] = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # BaseException pickles as cls(*args), which loses (or, for a status
+        # error, refuses) the keyword-only constructor arguments: rebuild
+        # without __init__ and restore the attributes instead.
+        return (_unpickle, (type(self), self.args, self.__dict__))
+
+
+def _unpickle(cls: type[ChatkitError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 # Ported ``except openai.OpenAIError`` clauses keep working.
@@ -395,3 +410,7 @@ def error_from_event(payload: Any, *, provider: str | None = None) -> APIStatusE
         body=error_object,
         provider=provider,
     )
+
+
+# Every class in __all__ is exported by chatkit (OpenAIError is ChatkitError).
+public(*{value for value in map(globals().get, __all__) if isinstance(value, type)})

@@ -18,13 +18,12 @@ import base64
 import functools
 import ipaddress
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote, unquote, urlsplit
 
-from chatkit._config import redact_url as _redact_url
+from chatkit._config import redact_url
 from chatkit._errors import ProxyConfigError
 
 __all__ = ["PROXY_SCHEMES", "ProxySettings", "ProxyURL", "SocksOptions"]
@@ -33,17 +32,6 @@ PROXY_SCHEMES = frozenset({"http", "https", "socks4", "socks4a", "socks5", "sock
 _PROXIES_KEYS = frozenset({"http", "https", "all"})
 # curl's convention: a SOCKS proxy URL without a port means port 1080.
 _SOCKS_DEFAULT_PORT = 1080
-
-
-_USERINFO = re.compile(r"//[^/@\s]*@")
-
-
-def _redact(url: str) -> str:
-    """``_config.redact_url`` that also survives a malformed port."""
-    try:
-        return _redact_url(url)
-    except ValueError:  # urlsplit(...).port raises on "host:bad"
-        return _USERINFO.sub("//***@", url)
 
 
 @dataclass(frozen=True)
@@ -75,11 +63,11 @@ class ProxyURL:
             parts.port  # noqa: B018 - raises ValueError on a bad port
         except ValueError:
             raise ProxyConfigError(
-                f"{field}: malformed proxy URL {_redact(value)!r}", field=field
+                f"{field}: malformed proxy URL {redact_url(value)!r}", field=field
             ) from None
         if parts.scheme not in PROXY_SCHEMES or not parts.hostname:
             raise ProxyConfigError(
-                f"{field}: proxy URL {_redact(value)!r} needs a scheme among"
+                f"{field}: proxy URL {redact_url(value)!r} needs a scheme among"
                 f" {sorted(PROXY_SCHEMES)} and a host",
                 field=field,
             )
@@ -87,7 +75,7 @@ class ProxyURL:
             _check_socks_credentials(parts.username, parts.password, field)
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ProxyConfigError(
-                f"{field}: proxy URL {_redact(value)!r} must not have a path, query or fragment",
+                f"{field}: proxy URL {redact_url(value)!r} must not have a path, query or fragment",
                 field=field,
             )
         return cls(value)
@@ -136,10 +124,10 @@ class ProxyURL:
         )
 
     def __str__(self) -> str:
-        return _redact(self.url)
+        return redact_url(self.url)
 
     def __repr__(self) -> str:
-        return f"ProxyURL({_redact(self.url)!r})"
+        return f"ProxyURL({redact_url(self.url)!r})"
 
     def secrets(self) -> tuple[str, ...]:
         """Strings that must never appear in an error message or a log line.
@@ -223,7 +211,7 @@ class ProxySettings:
                     return self.proxies[key]
             raise ProxyConfigError(
                 f"proxies has no entry for {scheme!r} URLs (nor 'all'); refusing to"
-                f" connect to {_redact(url)} directly. Add {scheme!r} (or 'all') to"
+                f" connect to {redact_url(url)} directly. Add {scheme!r} (or 'all') to"
                 f" proxies, or map it to None to connect directly on purpose",
                 field="proxies",
             )

@@ -11,10 +11,12 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from chatkit._config import Timeout, check_header_value, coerce_timeout
 from chatkit._errors import InvalidRequestError
+from chatkit._public import public
 
 __all__ = [
     "OPENAI_PARAMS",
@@ -22,6 +24,7 @@ __all__ = [
     "build_request",
     "check_headers",
     "copy_json",
+    "field_error",
     "strict_json_schema",
     "validate_messages",
 ]
@@ -31,37 +34,40 @@ PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
 
 # Chat Completions parameters passed through to the wire, with the types they accept.
 _NUMBER = (int, float)
-OPENAI_PARAMS: dict[str, tuple[type, ...]] = {
-    "temperature": _NUMBER,
-    "top_p": _NUMBER,
-    "max_tokens": (int,),
-    "max_completion_tokens": (int,),
-    "stop": (str, list, tuple),
-    "n": (int,),
-    "seed": (int,),
-    "tools": (list, tuple),
-    "tool_choice": (str, dict),
-    "parallel_tool_calls": (bool,),
-    "response_format": (dict,),
-    "stream_options": (dict,),
-    "logprobs": (bool,),
-    "top_logprobs": (int,),
-    "user": (str,),
-    "presence_penalty": _NUMBER,
-    "frequency_penalty": _NUMBER,
-    "logit_bias": (dict,),
-    "reasoning_effort": (str,),
-    "metadata": (dict,),
-    "modalities": (list, tuple),
-    "prediction": (dict,),
-    "service_tier": (str,),
-    "store": (bool,),
-    "verbosity": (str,),
-    "web_search_options": (dict,),
-    "audio": (dict,),
-    "prompt_cache_key": (str,),
-    "safety_identifier": (str,),
-}
+# Read-only: it is public, and a caller adding to it would change what every client accepts.
+OPENAI_PARAMS: Mapping[str, tuple[type, ...]] = MappingProxyType(
+    {
+        "temperature": _NUMBER,
+        "top_p": _NUMBER,
+        "max_tokens": (int,),
+        "max_completion_tokens": (int,),
+        "stop": (str, list, tuple),
+        "n": (int,),
+        "seed": (int,),
+        "tools": (list, tuple),
+        "tool_choice": (str, dict),
+        "parallel_tool_calls": (bool,),
+        "response_format": (dict,),
+        "stream_options": (dict,),
+        "logprobs": (bool,),
+        "top_logprobs": (int,),
+        "user": (str,),
+        "presence_penalty": _NUMBER,
+        "frequency_penalty": _NUMBER,
+        "logit_bias": (dict,),
+        "reasoning_effort": (str,),
+        "metadata": (dict,),
+        "modalities": (list, tuple),
+        "prediction": (dict,),
+        "service_tier": (str,),
+        "store": (bool,),
+        "verbosity": (str,),
+        "web_search_options": (dict,),
+        "audio": (dict,),
+        "prompt_cache_key": (str,),
+        "safety_identifier": (str,),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -89,31 +95,32 @@ class ChatRequest:
         return "\n".join(pieces)
 
 
-def _fail(message: str, field_name: str) -> InvalidRequestError:
-    return InvalidRequestError(f"{field_name}: {message}", field=field_name)
+def field_error(message: str, field: str) -> InvalidRequestError:
+    """An ``InvalidRequestError`` naming ``field`` (also used by the providers' request checks)."""
+    return InvalidRequestError(f"{field}: {message}", field=field)
 
 
 def _check_parts(parts: Sequence[Any], where: str) -> None:
     if not parts:
-        raise _fail("a content list must not be empty", where)
+        raise field_error("a content list must not be empty", where)
     for j, part in enumerate(parts):
         here = f"{where}[{j}]"
         if not isinstance(part, Mapping):
-            raise _fail(f"a content part must be a dict, got {type(part).__name__}", here)
+            raise field_error(f"a content part must be a dict, got {type(part).__name__}", here)
         kind = part.get("type")
         # A str check first: a list or dict cannot even be looked up in a set.
         if not isinstance(kind, str) or kind not in PART_TYPES:
-            raise _fail(
+            raise field_error(
                 f"unknown content part type {kind!r}; use one of {sorted(PART_TYPES)}",
                 f"{here}.type",
             )
         if kind == "text" and not isinstance(part.get("text"), str):
-            raise _fail("a text part needs a string 'text'", f"{here}.text")
+            raise field_error("a text part needs a string 'text'", f"{here}.text")
         if kind == "image_url":
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, Mapping) else image
             if not isinstance(url, str) or not url:
-                raise _fail("an image_url part needs image_url.url (a URL or data URL)", here)
+                raise field_error("an image_url part needs image_url.url (a URL or data URL)", here)
 
 
 def _check_content(message: Mapping[str, Any], role: str, where: str) -> None:
@@ -123,13 +130,13 @@ def _check_content(message: Mapping[str, Any], role: str, where: str) -> None:
             return
         if role == "assistant" and "content" in message:
             return
-        raise _fail(f"a {role} message needs 'content'", f"{where}.content")
+        raise field_error(f"a {role} message needs 'content'", f"{where}.content")
     if isinstance(content, str):
         return
     if isinstance(content, list | tuple):
         _check_parts(content, f"{where}.content")
         return
-    raise _fail(
+    raise field_error(
         f"content must be a string or a list of content parts, got {type(content).__name__}",
         f"{where}.content",
     )
@@ -137,14 +144,14 @@ def _check_content(message: Mapping[str, Any], role: str, where: str) -> None:
 
 def _check_tool_calls(calls: Any, where: str) -> None:
     if not isinstance(calls, list | tuple):
-        raise _fail("tool_calls must be a list", where)
+        raise field_error("tool_calls must be a list", where)
     for j, call in enumerate(calls):
         here = f"{where}[{j}]"
         function = call.get("function") if isinstance(call, Mapping) else None
         if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
-            raise _fail("a tool call needs function.name", here)
+            raise field_error("a tool call needs function.name", here)
         if not isinstance(call.get("id"), str):
-            raise _fail("a tool call needs a string 'id'", f"{here}.id")
+            raise field_error("a tool call needs a string 'id'", f"{here}.id")
 
 
 # The integers every JSON peer reads exactly: a signed 64-bit value (OpenAI's
@@ -186,9 +193,9 @@ def copy_json(value: Any, field_name: str = "request") -> Any:
         where = field_name + "".join(
             f"[{step}]" if isinstance(step, int) else f".{step}" for step in reversed(exc.path)
         )
-        raise _fail(exc.message, where) from None
+        raise field_error(exc.message, where) from None
     except RecursionError:
-        raise _fail(
+        raise field_error(
             "refers to itself (or nests too deeply) and cannot be sent as JSON", field_name
         ) from None
 
@@ -263,26 +270,30 @@ def _check_text(text: str) -> None:
 def validate_messages(messages: object) -> list[dict[str, Any]]:
     """Check a messages list and return a deep copy the caller cannot see change."""
     if isinstance(messages, str | bytes) or not isinstance(messages, list | tuple):
-        raise _fail(f"must be a list of message dicts, got {type(messages).__name__}", "messages")
+        raise field_error(
+            f"must be a list of message dicts, got {type(messages).__name__}", "messages"
+        )
     if not messages:
-        raise _fail("must contain at least one message", "messages")
+        raise field_error("must contain at least one message", "messages")
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, Mapping):
-            raise _fail(f"a message must be a dict, got {type(message).__name__}", where)
+            raise field_error(f"a message must be a dict, got {type(message).__name__}", where)
         role = message.get("role")
         if role is None:
-            raise _fail("missing 'role'", f"{where}.role")
+            raise field_error("missing 'role'", f"{where}.role")
         if not isinstance(role, str) or role not in ROLES:
-            raise _fail(f"unknown role {role!r}; use one of {sorted(ROLES)}", f"{where}.role")
+            raise field_error(f"unknown role {role!r}; use one of {sorted(ROLES)}", f"{where}.role")
         _check_content(message, role, where)
         if role == "tool" and not isinstance(message.get("tool_call_id"), str):
-            raise _fail("a tool message needs a string 'tool_call_id'", f"{where}.tool_call_id")
+            raise field_error(
+                "a tool message needs a string 'tool_call_id'", f"{where}.tool_call_id"
+            )
         if role == "assistant" and message.get("tool_calls") is not None:
             _check_tool_calls(message["tool_calls"], f"{where}.tool_calls")
         name = message.get("name")
         if name is not None and not isinstance(name, str):
-            raise _fail("name must be a string", f"{where}.name")
+            raise field_error("name must be a string", f"{where}.name")
     return [copy_json(dict(m), f"messages[{i}]") for i, m in enumerate(messages)]
 
 
@@ -293,11 +304,13 @@ def _check_params(params: Mapping[str, Any]) -> dict[str, Any]:
             continue
         expected = OPENAI_PARAMS.get(name)
         if expected is None:
-            raise _fail("unknown parameter; pass vendor-specific fields in extra_body={...}", name)
+            raise field_error(
+                "unknown parameter; pass vendor-specific fields in extra_body={...}", name
+            )
         wrong_bool = isinstance(value, bool) and bool not in expected
         if wrong_bool or not isinstance(value, expected):
             names = " or ".join(t.__name__ for t in expected)
-            raise _fail(f"must be {names}, got {type(value).__name__}", name)
+            raise field_error(f"must be {names}, got {type(value).__name__}", name)
         checked[name] = copy_json(value, name)
     return checked
 
@@ -308,7 +321,7 @@ def _check_str_map(value: object, field_name: str) -> dict[str, str]:
     if not isinstance(value, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
-        raise _fail("must be a dict of strings", field_name)
+        raise field_error("must be a dict of strings", field_name)
     checked: dict[str, str] = copy_json(dict(value), field_name)
     return checked
 
@@ -326,14 +339,14 @@ def check_headers(value: object, field_name: str) -> dict[str, str]:
     headers = _check_str_map(value, field_name)
     for name, header in headers.items():
         if not _TOKEN.fullmatch(name):
-            raise _fail(f"{name!r} is not a valid header name", f"{field_name}[{name!r}]")
+            raise field_error(f"{name!r} is not a valid header name", f"{field_name}[{name!r}]")
         where = f"{field_name}[{name}]"
         check_header_value(header, where)
         if not header.isascii():
             try:
                 header.encode("latin-1")
             except UnicodeEncodeError:
-                raise _fail("a header value must be Latin-1 text", where) from None
+                raise field_error("a header value must be Latin-1 text", where) from None
     return headers
 
 
@@ -352,12 +365,12 @@ def build_request(
     if model is None:
         model = ""
     if not isinstance(model, str):
-        raise _fail(f"must be a string, got {type(model).__name__}", "model")
+        raise field_error(f"must be a string, got {type(model).__name__}", "model")
     copy_json(model, "model")  # no lone surrogates
     if not isinstance(stream, bool):
-        raise _fail(f"must be True or False, got {type(stream).__name__}", "stream")
+        raise field_error(f"must be True or False, got {type(stream).__name__}", "stream")
     if extra_body is not None and not isinstance(extra_body, Mapping):
-        raise _fail("must be a dict", "extra_body")
+        raise field_error("must be a dict", "extra_body")
     return ChatRequest(
         model=model,
         messages=validate_messages(messages),
@@ -429,5 +442,8 @@ def _resolve_ref(root: dict[str, Any], ref: str) -> dict[str, Any]:
         for step in ref[2:].split("/"):
             target = target.get(step) if isinstance(target, dict) else None
     if not isinstance(target, dict):
-        raise _fail(f"cannot resolve $ref {ref!r} in the schema", "response_format")
+        raise field_error(f"cannot resolve $ref {ref!r} in the schema", "response_format")
     return dict(target)
+
+
+public(ChatRequest)

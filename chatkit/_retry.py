@@ -25,14 +25,15 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Literal, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 import anyio
 
 from chatkit._assemble import CompletionBuilder
 from chatkit._attempt import Attempt
+from chatkit._config import is_number
 from chatkit._errors import (
     APIConnectionError,
     APIStatusError,
@@ -47,13 +48,20 @@ from chatkit._errors import (
     StreamInterrupted,
     UnsupportedCapabilityError,
 )
+from chatkit._public import public
 from chatkit._request import ChatRequest
 from chatkit._transport import HTTPCall
 from chatkit._types import ChatCompletion, ChatCompletionChunk, set_provider
 from chatkit.providers import model_for
-from chatkit.providers._base import provider_name
+from chatkit.providers._base import (
+    Provider,
+    SupportsAclose,
+    SupportsCheckRequest,
+    SupportsComplete,
+    provider_name,
+)
 
-__all__ = ["Attempt", "RetryPolicy", "RetryingCall"]
+__all__ = ["Attempt", "RetryPolicy", "RetryingCall", "RetryingProvider"]
 
 logger = logging.getLogger("chatkit")
 
@@ -87,18 +95,17 @@ class RetryPolicy:
     retry_on: Callable[[BaseException], bool | None] | None = None
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.max_retries, bool)
-            or not isinstance(self.max_retries, int)
-            or self.max_retries < 0
-        ):
+        if not is_number(self.max_retries, integer=True) or self.max_retries < 0:
             raise InvalidRequestError(
                 f"max_retries must be an integer >= 0, got {self.max_retries!r}",
                 field="max_retries",
             )
-        for name in ("backoff_base", "backoff_max", "retry_after_max"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        for name, value in (
+            ("backoff_base", self.backoff_base),
+            ("backoff_max", self.backoff_max),
+            ("retry_after_max", self.retry_after_max),
+        ):
+            if not is_number(value) or value < 0:
                 raise InvalidRequestError(f"{name} must be a number >= 0", field=name)
         if self.retry_on is not None and not callable(self.retry_on):
             raise InvalidRequestError("retry_on must be a callable or None", field="retry_on")
@@ -180,11 +187,16 @@ def _finite(text: str | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
+@runtime_checkable
+class _WithHeaders(Protocol):
+    # chatkit's status errors, and a third-party provider's own errors alike.
+    headers: Mapping[str, object] | None
+
+
 def _header(error: BaseException, name: str) -> str | None:
-    headers = getattr(error, "headers", None)
-    if not headers:
+    if not isinstance(error, _WithHeaders) or not error.headers:
         return None
-    for key, value in headers.items():
+    for key, value in error.headers.items():
         if key.lower() == name:
             return str(value).strip().lower()
     return None
@@ -192,6 +204,35 @@ def _header(error: BaseException, name: str) -> str | None:
 
 # Nothing was sent: the provider cannot take this call at all, so it is skipped.
 _SKIP_ERRORS = (MissingAuthError, UnsupportedCapabilityError)
+
+
+@runtime_checkable
+class RetryingProvider(Provider, Protocol):
+    """A provider that retries by itself (``RetryProvider``, ``IterListProvider``).
+
+    The client adds no retry layer over it, and a ``RetryingCall`` with it
+    among its candidates adopts its ``retrying_call`` (one deadline, one
+    attempt list). ``handles_retries`` lets a subclass turn that off.
+    """
+
+    @property
+    def handles_retries(self) -> bool: ...
+
+    def retrying_call(self, request: ChatRequest, http: HTTPCall) -> RetryingCall: ...
+
+
+def own_retrying_call(
+    provider: Provider, request: ChatRequest, http: HTTPCall
+) -> RetryingCall | None:
+    """``provider``'s own ``RetryingCall`` when it retries by itself, else None."""
+    if isinstance(provider, RetryingProvider) and provider.handles_retries:
+        return provider.retrying_call(request, http)
+    return None
+
+
+# What one candidate becomes for the loop: a provider tried attempt by
+# attempt, or a nested provider's whole call, adopted.
+_Runnable: TypeAlias = "Provider | RetryingCall"
 
 
 @dataclass
@@ -212,7 +253,7 @@ class RetryingCall:
         as ``claude-x``, and a vendor it cannot be meant for is skipped).
     """
 
-    candidates: Sequence[Any]
+    candidates: Sequence[Provider | type[Provider]]
     request: ChatRequest
     http: HTTPCall
     policy: RetryPolicy = field(default_factory=RetryPolicy)
@@ -258,20 +299,18 @@ class RetryingCall:
             self._timed_out = True
         return self._timed_out
 
-    def _resolve(self, candidate: Any) -> tuple[Any, ChatRequest]:
+    def _resolve(self, candidate: Provider | type[Provider]) -> tuple[_Runnable, ChatRequest]:
         """The provider to try for ``candidate``, and the request it gets."""
         provider = candidate() if isinstance(candidate, type) else candidate
         request = self._request_for(provider)
-        check = getattr(provider, "check_request", None)
-        if check is not None:
-            check(request)
-        if getattr(provider, "handles_retries", False):
-            make = getattr(provider, "retrying_call", None)
-            if callable(make):
-                return self._adopt(make(request, self.http)), request
+        if isinstance(provider, SupportsCheckRequest):
+            provider.check_request(request)
+        nested = own_retrying_call(provider, request, self.http)
+        if nested is not None:
+            return self._adopt(nested), request
         return provider, request
 
-    def _request_for(self, provider: Any) -> ChatRequest:
+    def _request_for(self, provider: Provider) -> ChatRequest:
         """With ``route_models``, each member gets the model as ``model_for`` has it:
         a ``"name:"`` prefix is stripped for the provider it names, and a
         provider it cannot be meant for is skipped."""
@@ -294,7 +333,7 @@ class RetryingCall:
 
     # -- the loop ------------------------------------------------------------
 
-    async def _run(self, try_once: Callable[[Any, str, ChatRequest], Awaitable[T]]) -> T:
+    async def _run(self, try_once: Callable[[_Runnable, str, ChatRequest], Awaitable[T]]) -> T:
         loop = asyncio.get_running_loop()
         self.http.start()
         if self.timeout is not None and self._deadline is None:
@@ -383,9 +422,6 @@ class RetryingCall:
             f"{self.label}: all {len(tried)} attempts failed{deadline}:\n{lines}", attempts=mine
         )
 
-    def _bounded(self, limit: float | None) -> asyncio.Timeout:
-        return asyncio.timeout(max(limit, 0.0) if limit is not None else None)
-
     # -- non-streamed --------------------------------------------------------
 
     async def complete(self) -> ChatCompletion:
@@ -394,31 +430,24 @@ class RetryingCall:
         return completion
 
     async def _complete_once(
-        self, provider: Any, name: str, request: ChatRequest
+        self, provider: _Runnable, name: str, request: ChatRequest
     ) -> ChatCompletion:
         limit = self._remaining()
-        try:
-            async with self._bounded(limit) as scope:
-                completion = await self._complete_unbounded(provider, request)
-        except TimeoutError as exc:
-            if not scope.expired() or isinstance(exc, ChatkitError):
-                raise
-            raise APITimeoutError(
-                f"{name}: no answer within the {limit:.3g}s left before the call's deadline",
-                provider=name,
-            ) from exc
+        message = "no answer within the {limit:.3g}s left before the call's deadline"
+        async with _time_limit(limit, name, message):
+            completion = await self._complete_unbounded(provider, request)
         if completion.provider is None:
             set_provider(completion, name)
         self.provider = completion.provider
         return completion
 
-    async def _complete_unbounded(self, provider: Any, request: ChatRequest) -> ChatCompletion:
+    async def _complete_unbounded(
+        self, provider: _Runnable, request: ChatRequest
+    ) -> ChatCompletion:
         if isinstance(provider, RetryingCall):
             return await provider.complete()
-        complete = getattr(provider, "complete", None)
-        if complete is not None:
-            completion: ChatCompletion = await complete(request, self.http)
-            return completion
+        if isinstance(provider, SupportsComplete):
+            return await provider.complete(request, self.http)
         builder = CompletionBuilder()
         agen = provider.stream(request, self.http)
         try:
@@ -483,50 +512,56 @@ class RetryingCall:
     async def _next_bounded(
         self, agen: AsyncIterator[ChatCompletionChunk], name: str
     ) -> ChatCompletionChunk | None:
-        limit = self._remaining()
-        try:
-            async with self._bounded(limit) as scope:
-                return await _next(agen)
-        except TimeoutError as exc:
-            if not scope.expired() or isinstance(exc, ChatkitError):
-                raise
-            raise APITimeoutError(
-                f"{name}: the call's deadline was reached", provider=name
-            ) from exc
+        async with _time_limit(self._remaining(), name, "the call's deadline was reached"):
+            return await _next(agen)
 
     async def _open_stream(
-        self, provider: Any, name: str, request: ChatRequest
+        self, provider: _Runnable, name: str, request: ChatRequest
     ) -> tuple[AsyncIterator[ChatCompletionChunk] | None, list[ChatCompletionChunk], str]:
         """Run one attempt up to its first content; hold back what came before."""
-        nested = isinstance(provider, RetryingCall)
-        agen = provider.stream() if nested else provider.stream(request, self.http)
+        if isinstance(provider, RetryingCall):
+            agen = provider.stream()
+            # A nested call applies first_token to each of its own attempts.
+            first_token = None
+        else:
+            agen = provider.stream(request, self.http)
+            first_token = self.http.timeout.first_token
         held: list[ChatCompletionChunk] = []
-        # A nested call applies first_token to each of its own attempts.
-        first_token = None if nested else self.http.timeout.first_token
         limit = _min_seconds(first_token, self._remaining())
+        message = "no content within {limit:.3g}s (first_token/total timeout)"
         try:
-            # asyncio.timeout, not an anyio scope: the provider may hold scopes of
-            # its own across yields, and an anyio scope must exit innermost-first.
-            async with self._bounded(limit) as scope:
+            async with _time_limit(limit, name, message):
                 async for chunk in agen:
                     held.append(chunk)
                     if chunk.has_content:
                         self.provider = chunk.provider or name
                         return agen, held, self.provider
-        except TimeoutError as exc:
-            await _close_quietly(agen)
-            if not scope.expired() or isinstance(exc, ChatkitError):
-                raise
-            raise APITimeoutError(
-                f"{name}: no content within {limit:.3g}s (first_token/total timeout)",
-                provider=name,
-            ) from exc
         except BaseException:
             await _close_quietly(agen)
             raise
         # The stream ended without content: a complete, empty answer.
         self.provider = held[0].provider if held and held[0].provider else name
         return None, held, self.provider
+
+
+@contextlib.asynccontextmanager
+async def _time_limit(limit: float | None, name: str, message: str) -> AsyncIterator[None]:
+    """Bound the body by ``limit`` seconds (None: unbounded); its expiry raises
+    ``APITimeoutError`` with ``"{name}: " + message`` (``{limit}`` filled in).
+
+    A ``TimeoutError`` the body raised itself (a chatkit timeout, or one
+    while the limit still held) passes through unchanged. asyncio.timeout,
+    not an anyio scope: the provider may hold scopes of its own across
+    yields, and an anyio scope must exit innermost-first.
+    """
+    try:
+        async with asyncio.timeout(max(limit, 0.0) if limit is not None else None) as scope:
+            yield
+    except TimeoutError as exc:
+        if not scope.expired() or isinstance(exc, ChatkitError):
+            raise
+        # Formatted only now: ``limit`` is a number whenever the scope expired.
+        raise APITimeoutError(f"{name}: {message.format(limit=limit)}", provider=name) from exc
 
 
 def _attach_attempts(error: BaseException, attempts: list[Attempt]) -> None:
@@ -547,9 +582,13 @@ def _min_seconds(*values: float | None) -> float | None:
     return max(min(present), 0.0) if present else None
 
 
-async def _close_quietly(agen: Any) -> None:
-    aclose = getattr(agen, "aclose", None)
-    if aclose is None:
+async def _close_quietly(agen: AsyncIterator[ChatCompletionChunk]) -> None:
+    # A provider's stream is usually an async generator, but any async
+    # iterator will do; one without aclose() has nothing to release.
+    if not isinstance(agen, SupportsAclose):
         return
     with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-        await aclose()
+        await agen.aclose()
+
+
+public(RetryPolicy)

@@ -13,35 +13,39 @@ import dataclasses
 import math
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
+from chatkit._aliases import ProviderSpec
 from chatkit._attempt import Attempt
+from chatkit._config import is_number
 from chatkit._errors import InvalidRequestError
+from chatkit._public import public
 from chatkit._request import ChatRequest
 from chatkit._retry import RetryingCall, RetryPolicy
 from chatkit._transport import HTTPCall
 from chatkit._types import ChatCompletion, ChatCompletionChunk
-from chatkit.providers._base import provider_name
+from chatkit.providers._base import Provider, provider_name
 
 __all__ = ["IterListProvider", "RetryProvider"]
 
 AttemptHook = Callable[[Attempt], object]
 
 
-def _check_providers(providers: object) -> tuple[Any, ...]:
+def _check_providers(providers: object) -> tuple[Provider | type[Provider], ...]:
     if isinstance(providers, str | bytes) or not isinstance(providers, Sequence):
         raise InvalidRequestError(
             "providers must be a list of provider classes, instances or registered names",
             field="providers",
         )
-    checked = []
+    checked: list[Provider | type[Provider]] = []
     for index, provider in enumerate(providers):
         if isinstance(provider, str):
             # Late import: the registry imports this module lazily, the other way round.
             from chatkit.providers import get_provider_class
 
             provider = get_provider_class(provider)
-        if not callable(getattr(provider, "stream", None)):
+        # A class counts as a provider when its instances will be one.
+        if not isinstance(provider, Provider):
             raise InvalidRequestError(
                 f"providers[{index}] is not a provider (it has no stream method):"
                 f" {type(provider).__name__}",
@@ -54,12 +58,7 @@ def _check_providers(providers: object) -> tuple[Any, ...]:
 def _check_timeout(timeout: object) -> float | None:
     if timeout is None:
         return None
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or math.isnan(timeout)
-        or timeout <= 0
-    ):
+    if not is_number(timeout) or math.isnan(timeout) or timeout <= 0:
         raise InvalidRequestError(f"timeout must be > 0 seconds, got {timeout!r}", field="timeout")
     return float(timeout)
 
@@ -84,7 +83,7 @@ class IterListProvider:
 
     def __init__(
         self,
-        providers: Sequence[Any],
+        providers: Sequence[ProviderSpec],
         shuffle: bool = True,
         *,
         timeout: float | None = None,
@@ -112,7 +111,7 @@ class IterListProvider:
     def _repr_extra(self) -> str:
         return ""
 
-    def _order(self) -> list[Any]:
+    def _order(self) -> list[Provider | type[Provider]]:
         order = list(self.providers)
         if self.shuffle:
             random.shuffle(order)
@@ -167,7 +166,7 @@ class RetryProvider(IterListProvider):
 
     def __init__(
         self,
-        providers: Sequence[Any],
+        providers: Sequence[ProviderSpec],
         shuffle: bool = True,
         single_provider_retry: bool = False,
         max_retries: int | None = None,
@@ -184,15 +183,16 @@ class RetryProvider(IterListProvider):
         super().__init__(providers, shuffle, timeout=timeout, on_attempt=on_attempt, name=name)
         if policy is not None and not isinstance(policy, RetryPolicy):
             raise InvalidRequestError("policy must be a RetryPolicy", field="policy")
-        overrides: dict[str, Any] = {
-            "max_retries": max_retries,
-            "backoff_base": backoff_base,
-            "backoff_max": backoff_max,
-            "retry_after_max": retry_after_max,
-            "retry_on": retry_on,
-        }
-        given = {key: value for key, value in overrides.items() if value is not None}
-        self.policy = dataclasses.replace(policy or RetryPolicy(), **given)
+        base = policy or RetryPolicy()
+        # Each argument given overrides the policy's field; None keeps it.
+        self.policy = dataclasses.replace(
+            base,
+            max_retries=base.max_retries if max_retries is None else max_retries,
+            backoff_base=base.backoff_base if backoff_base is None else backoff_base,
+            backoff_max=base.backoff_max if backoff_max is None else backoff_max,
+            retry_after_max=base.retry_after_max if retry_after_max is None else retry_after_max,
+            retry_on=base.retry_on if retry_on is None else retry_on,
+        )
         self._single_provider_retry = bool(single_provider_retry)
 
     @property
@@ -207,3 +207,6 @@ class RetryProvider(IterListProvider):
         return (
             f", single_provider_retry={self.single_provider_retry}, max_retries={self.max_retries}"
         )
+
+
+public(IterListProvider, RetryProvider)

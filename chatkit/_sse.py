@@ -4,7 +4,7 @@ The decoder follows the WHATWG ``text/event-stream`` rules: bytes go in as they
 arrive from the network, complete events come out; it never reads or blocks.
 Lines end in CR, LF or CRLF (a CRLF may be split across two reads), one leading
 UTF-8 BOM is ignored, lines starting with ``:`` are comments, and an event is
-dispatched at a blank line only if its data is not empty (DESIGN.md: no event
+dispatched at a blank line only if its data is not empty (docs/architecture.md: no event
 for empty data, where WHATWG would dispatch ``data:`` as ``""``).
 ``[DONE]`` is an ordinary event; recognising it is the caller's job.
 

@@ -5,35 +5,82 @@ an awaitable (openai style: ``stream = await create(...)``). Awaiting runs the
 call up to its first chunk, so an error status surfaces at the ``await``.
 Leaving it early closes the upstream response: ``aclose()``, ``async with``,
 and, for a stream nobody holds any more, garbage collection.
+
+``StreamResults`` holds what both stream kinds (this one and the sync
+``ChatStream``) report about the answer so far.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from chatkit._assemble import CompletionBuilder
 from chatkit._errors import StreamInterrupted
+from chatkit._public import public
 from chatkit._types import ChatCompletion, ChatCompletionChunk, CompletionUsage
+from chatkit.providers._base import SupportsAclose
 
 if TYPE_CHECKING:
     from chatkit._attempt import Attempt
 
-__all__ = ["AsyncChatStream"]
+__all__ = ["AsyncChatStream", "StreamResults"]
 
 
-class AsyncChatStream:
+class StreamResults:
+    """The answer so far, as both stream kinds report it.
+
+    "So far" is every chunk the stream has assembled: for ``AsyncChatStream``
+    every chunk received from the provider, for ``ChatStream`` every chunk
+    handed to the caller.
+    """
+
+    _builder: CompletionBuilder
+    _done: bool
+    attempts: list[Attempt]
+
+    @property
+    def text(self) -> str:
+        """The first choice's content so far."""
+        return self._builder.text
+
+    @property
+    def usage(self) -> CompletionUsage | None:
+        return self._builder.usage
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._builder.finish_reason
+
+    @property
+    def provider(self) -> str | None:
+        """Which provider answered (known from the first chunk on)."""
+        return self._builder.provider
+
+    def get_final_completion(self) -> ChatCompletion:
+        """The completion assembled from every chunk so far."""
+        completion = self._builder.build()
+        completion._attempts = self.attempts
+        return completion
+
+    def __repr__(self) -> str:
+        state = "done" if self._done else "open"
+        name = type(self).__name__
+        return f"<{name} provider={self.provider!r} {state} text={self.text[:40]!r}>"
+
+
+class AsyncChatStream(StreamResults):
     """A streamed answer. Iterate it once; read ``text`` and the rest any time."""
 
     def __init__(
         self,
         chunks: AsyncIterator[ChatCompletionChunk],
         *,
-        abort: Any = None,
+        abort: Callable[[], None] | None = None,
         attempts: list[Attempt] | None = None,
-        on_close: Any = None,
+        on_close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._chunks = chunks
         # Bound once: __anext__ runs per chunk.
@@ -86,35 +133,11 @@ class AsyncChatStream:
         """Stop assembling: a consumer that keeps its own (the sync ``ChatStream``) does."""
         self._add = _ignore
 
-    # -- results -------------------------------------------------------------
-
-    @property
-    def text(self) -> str:
-        """The first choice's content received so far."""
-        return self._builder.text
-
-    @property
-    def usage(self) -> CompletionUsage | None:
-        return self._builder.usage
-
-    @property
-    def finish_reason(self) -> str | None:
-        return self._builder.finish_reason
-
-    @property
-    def provider(self) -> str | None:
-        """Which provider answered (known from the first chunk on)."""
-        return self._builder.provider
+    # -- results (and those of StreamResults) --------------------------------
 
     @property
     def done(self) -> bool:
         return self._done
-
-    def get_final_completion(self) -> ChatCompletion:
-        """The completion assembled from every chunk received so far."""
-        completion = self._builder.build()
-        completion._attempts = self.attempts
-        return completion
 
     async def until_done(self) -> ChatCompletion:
         """Read the rest of the stream and return the final completion."""
@@ -129,10 +152,10 @@ class AsyncChatStream:
         if self._closed:
             return
         self._closed = True
-        aclose = getattr(self._chunks, "aclose", None)
+        chunks = self._chunks
         try:
-            if aclose is not None:
-                await aclose()
+            if isinstance(chunks, SupportsAclose):
+                await chunks.aclose()
         finally:
             if self._on_close is not None:
                 await self._on_close()
@@ -161,10 +184,9 @@ class AsyncChatStream:
         if not self._closed and self._abort is not None:
             self._abort()
 
-    def __repr__(self) -> str:
-        state = "done" if self._done else "open"
-        return f"<AsyncChatStream provider={self.provider!r} {state} text={self.text[:40]!r}>"
-
 
 def _ignore(chunk: ChatCompletionChunk) -> None:
     pass
+
+
+public(AsyncChatStream)

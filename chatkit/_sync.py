@@ -27,11 +27,15 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from chatkit import _portal
+from chatkit._aliases import ProviderSpec, TimeoutTypes
 from chatkit._assemble import CompletionBuilder
 from chatkit._client import AsyncClient
 from chatkit._config import DEFAULT_LIMITS, Limits, Timeout
 from chatkit._errors import StreamInterrupted
-from chatkit._types import ChatCompletion, ChatCompletionChunk, CompletionUsage, Model
+from chatkit._public import public
+from chatkit._streaming import StreamResults
+from chatkit._types import ChatCompletion, ChatCompletionChunk, Model
+from chatkit.providers._base import Provider
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -51,13 +55,13 @@ CLOSE_WAIT = 5.0
 """Seconds ``close()`` waits for the pump to have closed the upstream response."""
 
 
-class ChatStream:
+class ChatStream(StreamResults):
     """A streamed answer for sync code: iterate it once, or use it as a context manager.
 
     ``for chunk in stream`` closes the stream when the loop ends, by
     ``break`` or an exception included; ``next(stream)`` reads piece by
-    piece. ``text``, ``usage``, ``finish_reason`` and ``provider`` reflect
-    the chunks handed to the caller so far.
+    piece. ``text``, ``usage``, ``finish_reason``, ``provider`` and
+    ``get_final_completion()`` reflect the chunks handed to the caller so far.
     """
 
     def __init__(self, pump: _portal.StreamPump, *, attempts: list[Attempt], owner: Client) -> None:
@@ -117,24 +121,12 @@ class ChatStream:
         self._buffer.extend(batch)
         return True
 
-    # -- results -------------------------------------------------------------
-
-    @property
-    def text(self) -> str:
-        """The first choice's content handed to the caller so far."""
-        return self._builder.text
-
-    @property
-    def usage(self) -> CompletionUsage | None:
-        return self._builder.usage
-
-    @property
-    def finish_reason(self) -> str | None:
-        return self._builder.finish_reason
+    # -- results (and those of StreamResults) --------------------------------
 
     @property
     def provider(self) -> str | None:
         """Which provider answered (known once ``create()`` returned)."""
+        # create() waits for the first chunk: known before it is handed over.
         if self._builder.provider is None and self._buffer:
             return self._buffer[0].provider
         return self._builder.provider
@@ -143,12 +135,6 @@ class ChatStream:
     def done(self) -> bool:
         """True once the stream ended or was closed and every chunk was handed over."""
         return self._done and not self._buffer
-
-    def get_final_completion(self) -> ChatCompletion:
-        """The completion assembled from every chunk handed to the caller so far."""
-        completion = self._builder.build()
-        completion._attempts = self.attempts
-        return completion
 
     def until_done(self) -> ChatCompletion:
         """Read the rest of the stream and return the final completion."""
@@ -185,10 +171,6 @@ class ChatStream:
         if not self._closed and self._pid == os.getpid():
             self._pump.cancel()
 
-    def __repr__(self) -> str:
-        state = "done" if self._done else "open"
-        return f"<ChatStream provider={self.provider!r} {state} text={self.text[:40]!r}>"
-
 
 class Client:
     """A sync chat client: ``AsyncClient``'s arguments and surface, for plain code.
@@ -201,13 +183,13 @@ class Client:
 
     def __init__(
         self,
-        provider: Any = None,
+        provider: ProviderSpec | None = None,
         *,
         api_key: str | Mapping[str, str] | None = None,
         base_url: str | None = None,
         proxies: Mapping[str, str | None] | str | None = None,
         proxy: str | None = None,
-        timeout: Timeout | float | None = None,
+        timeout: TimeoutTypes = None,
         max_retries: int = 2,
         default_headers: Mapping[str, str] | None = None,
         trust_env: bool = True,
@@ -240,7 +222,7 @@ class Client:
         return _Models(self)
 
     @property
-    def provider(self) -> Any:
+    def provider(self) -> Provider | None:
         """The configured provider, or None when it is resolved per call."""
         return self._async.provider
 
@@ -305,8 +287,11 @@ class Client:
         self.close()
 
     def __del__(self) -> None:
-        inner = getattr(self, "_async", None)
-        if inner is None or inner.is_closed:
+        try:
+            inner = self._async
+        except AttributeError:  # __init__ failed before the async client existed
+            return
+        if inner.is_closed:
             return
         runner = _portal.existing()
         if runner is not None:
@@ -326,9 +311,9 @@ class _Completions:
         model: str | None = ...,
         *,
         stream: Literal[False] = False,
-        provider: Any = ...,
+        provider: ProviderSpec | None = ...,
         proxy: str | None = ...,
-        timeout: Timeout | float | None = ...,
+        timeout: TimeoutTypes = ...,
         extra_headers: Mapping[str, str] | None = ...,
         extra_query: Mapping[str, str] | None = ...,
         extra_body: Mapping[str, Any] | None = ...,
@@ -342,9 +327,9 @@ class _Completions:
         model: str | None = ...,
         *,
         stream: Literal[True],
-        provider: Any = ...,
+        provider: ProviderSpec | None = ...,
         proxy: str | None = ...,
-        timeout: Timeout | float | None = ...,
+        timeout: TimeoutTypes = ...,
         extra_headers: Mapping[str, str] | None = ...,
         extra_query: Mapping[str, str] | None = ...,
         extra_body: Mapping[str, Any] | None = ...,
@@ -358,9 +343,9 @@ class _Completions:
         model: str | None = ...,
         *,
         stream: bool,
-        provider: Any = ...,
+        provider: ProviderSpec | None = ...,
         proxy: str | None = ...,
-        timeout: Timeout | float | None = ...,
+        timeout: TimeoutTypes = ...,
         extra_headers: Mapping[str, str] | None = ...,
         extra_query: Mapping[str, str] | None = ...,
         extra_body: Mapping[str, Any] | None = ...,
@@ -373,9 +358,9 @@ class _Completions:
         model: str | None = "",
         *,
         stream: bool = False,
-        provider: Any = None,
+        provider: ProviderSpec | None = None,
         proxy: str | None = None,
-        timeout: Timeout | float | None = None,
+        timeout: TimeoutTypes = None,
         extra_headers: Mapping[str, str] | None = None,
         extra_query: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
@@ -426,7 +411,7 @@ class _Models:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    def list(self, provider: Any = None) -> list[Model]:
+    def list(self, provider: ProviderSpec | None = None) -> list[Model]:
         """The models the provider offers, from its list endpoint."""
         return self._client._run(self._client._async.models.list(provider))
 
@@ -448,3 +433,6 @@ def _close_clients_at_exit() -> None:
 
 
 atexit.register(_close_clients_at_exit)
+
+
+public(ChatStream, Client)

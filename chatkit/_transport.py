@@ -57,6 +57,7 @@ from chatkit._redirects import MAX_REDIRECTS, becomes_get, redirect_target
 
 if TYPE_CHECKING:
     import aiohttp
+    from aiohttp.client_proto import ResponseHandler
 
 __all__ = [
     "MAX_BODY_SIZE",
@@ -232,7 +233,7 @@ class Transport:
                 )
             else:
                 connector = _socks_connector(proxy.socks_options(), limit, per_host)
-                _evict_idle(slot.sessions, _MAX_SOCKS_SESSIONS - 1)
+                _evict_idle(slot.sessions, _MAX_SOCKS_SESSIONS - 1, slot.loop)
             session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=None),
@@ -244,17 +245,15 @@ class Transport:
 
     def _forget_dead_loops(self) -> None:
         # Sessions of a closed loop (a finished asyncio.run, a parent process
-        # before fork) cannot be closed the usual way (that awaits on their
-        # loop): detach them and close their sockets directly, so that the
-        # server sees the disconnect now rather than at garbage collection.
+        # before fork) cannot be closed the usual way (that awaits on their loop).
         for loop_id, slot in list(self._per_loop.items()):
             if slot.loop.is_closed():
                 for session in slot.sessions.values():
-                    _detach(session)
+                    _close_soon(session, slot.loop)
                 del self._per_loop[loop_id]
 
     async def aclose(self) -> None:
-        """Close this loop's sessions; sessions of closed loops are detached."""
+        """Close this loop's sessions; other loops' are closed on (or without) their loop."""
         self._closed = True
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -265,7 +264,7 @@ class Transport:
                 if slot.loop is loop:
                     await session.close()
                 else:
-                    _detach(session)
+                    _close_soon(session, slot.loop)
         self._per_loop.clear()
 
     async def __aenter__(self) -> Transport:
@@ -277,27 +276,6 @@ class Transport:
     @property
     def closed(self) -> bool:
         return self._closed
-
-    def open_connections(self) -> int:
-        """Connections currently held, idle or in use, across sessions (for tests)."""
-        total = 0
-        for slot in self._per_loop.values():
-            for session in slot.sessions.values():
-                connector = session.connector
-                if connector is None or connector.closed:
-                    continue
-                total += len(getattr(connector, "_acquired", ()))
-                total += sum(len(v) for v in getattr(connector, "_conns", {}).values())
-        return total
-
-    def session_count(self) -> int:
-        """Open aiohttp sessions across loops (for tests of the SOCKS session cap)."""
-        return sum(
-            1
-            for slot in self._per_loop.values()
-            for session in slot.sessions.values()
-            if not session.closed
-        )
 
 
 def _socks_connector(
@@ -317,47 +295,100 @@ def _socks_connector(
     )
 
 
-def _evict_idle(sessions: dict[str | None, aiohttp.ClientSession], keep: int) -> None:
+def _evict_idle(
+    sessions: dict[str | None, aiohttp.ClientSession], keep: int, loop: asyncio.AbstractEventLoop
+) -> None:
     """Drop the least recently used idle SOCKS sessions beyond ``keep``."""
     socks = [key for key in sessions if key is not None]
     for key in socks[: max(len(socks) - keep, 0)]:
         connector = sessions[key].connector
-        if connector is not None and getattr(connector, "_acquired", None):
+        if connector is not None and connections(connector)[1]:
             continue  # a response is still streaming through it
-        _detach(sessions.pop(key))
+        _close_soon(sessions.pop(key), loop)
 
 
-def _detach(session: aiohttp.ClientSession) -> None:
+def connections(
+    connector: aiohttp.BaseConnector,
+) -> tuple[list[ResponseHandler], list[ResponseHandler]]:
+    """A connector's (idle, in use) connections.
+
+    aiohttp has no public API for them, so this reads its private ``_conns``
+    and ``_acquired``; if a release renames them, fail loudly instead of
+    treating every connector as empty (which would evict busy sessions and
+    leave sockets of dead loops open).
+    """
+    try:
+        idle = [proto for conns in connector._conns.values() for proto, _ in conns]
+        in_use = list(connector._acquired)
+    except AttributeError as exc:
+        raise RuntimeError(_internals_changed("aiohttp's BaseConnector", exc)) from exc
+    return idle, in_use
+
+
+def _internals_changed(what: str, exc: AttributeError) -> str:
+    return f"{what} no longer has the private attribute chatkit reads ({exc}); please report it"
+
+
+# Closing tasks started by ``_close_soon``: asyncio keeps only weak references
+# to tasks, and nobody awaits these.
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _close_soon(session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop) -> None:
+    """Close ``session`` without awaiting it: on its own loop, or by hand if that loop is gone.
+
+    A session can only be closed on its own loop (closing awaits there). A
+    closed loop (a finished ``asyncio.run``, a parent process before fork)
+    never runs again: its sockets are closed directly, so the server sees the
+    disconnect now rather than at garbage collection.
+    """
+    if not loop.is_closed():
+        asyncio.run_coroutine_threadsafe(_close_session(session), loop)
+        return
     connector = session.connector
+    session.detach()  # the session now reads as closed and never touches the connector
     if connector is not None and not connector.closed:
-        if connector._loop.is_closed():
-            _close_sockets(connector)
-        with contextlib.suppress(Exception):
-            connector._close()
-    session._connector = None
+        _close_sockets(connector)
+
+
+async def _close_session(session: aiohttp.ClientSession) -> None:
+    task = asyncio.current_task()
+    if task is not None:  # pragma: no branch - always run as a task
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+    await session.close()
 
 
 def _close_sockets(connector: aiohttp.BaseConnector) -> None:
     """Close the sockets of a connector whose loop is closed.
 
-    ``connector._close()`` does nothing once its loop is closed, and the
-    transports cannot close themselves (that schedules a callback on the dead
-    loop), so their sockets would stay open until garbage collection.
+    Neither the connector nor its transports can close themselves once their
+    loop is closed (closing schedules callbacks on it), so their sockets
+    would stay open until garbage collection. This reads private attributes
+    of aiohttp and asyncio and raises if one of them is gone.
     """
-    protocols = [proto for conns in connector._conns.values() for proto, _ in conns]
-    protocols += list(connector._acquired)
-    for proto in protocols:
+    idle, in_use = connections(connector)
+    for proto in idle + in_use:
         transport = getattr(proto, "transport", None)
+        if transport is None:
+            continue  # never connected, or already lost
         # A TLS transport wraps the socket transport of its SSL protocol.
-        inner = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
-        transport = inner if inner is not None else transport
-        sock = getattr(transport, "_sock", None)
+        ssl_protocol = getattr(transport, "_ssl_protocol", None)
+        if ssl_protocol is not None:
+            transport = ssl_protocol._transport
+        try:
+            sock = transport._sock
+        except AttributeError as exc:
+            raise RuntimeError(_internals_changed("asyncio's socket transport", exc)) from exc
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
             # What the transport's own close would do: it now reads as closed
             # and its __del__ does not warn about an unclosed socket.
-            transport._sock = None  # type: ignore[union-attr]
+            transport._sock = None
+    # Emptied, the connector's __del__ finds nothing to warn about.
+    connector._conns.clear()
+    connector._acquired.clear()
 
 
 class HTTPCall:

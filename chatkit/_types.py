@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
+from chatkit._public import public
+
 if TYPE_CHECKING:
     from chatkit._attempt import Attempt
 
@@ -182,3 +184,19 @@ class Model(_Wire):
 def set_provider(obj: ChatCompletionChunk | ChatCompletion, provider: str | None) -> None:
     """Stamp who answered, bypassing validation: this runs once per chunk."""
     obj.__dict__["provider"] = provider
+
+
+public(
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessage,
+    Choice,
+    ChoiceDelta,
+    ChoiceDeltaToolCall,
+    ChunkChoice,
+    CompletionTokensDetails,
+    CompletionUsage,
+    Model,
+    PromptTokensDetails,
+    ToolCall,
+)

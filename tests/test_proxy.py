@@ -825,7 +825,7 @@ def test_https_proxy_with_wrong_password_is_a_proxy_error(
         server.base_url, proxy.proxy_url(password=WRONG), [proxy_ca], scheme="http"
     )
     assert done.returncode != 0
-    assert "chatkit._errors.ProxyError: " in done.stderr, done.stderr[-2000:]
+    assert "chatkit.ProxyError: " in done.stderr, done.stderr[-2000:]
     assert proxy.wait_for_rejections(1)
     assert_secret_free(done.stderr)
     assert WRONG not in done.stderr

@@ -1,13 +1,19 @@
-"""The curated public surface: sorted, complete, cheap to import."""
+"""The curated public surface: one list, cheap to import, named ``chatkit.X``."""
 
 from __future__ import annotations
 
+import copy
+import pickle
 import subprocess
 import sys
+import types
+from pathlib import Path
 
+import pydantic
 import pytest
 
 import chatkit
+from chatkit import _errors
 
 
 def test_all_is_sorted_and_unique() -> None:
@@ -15,26 +21,96 @@ def test_all_is_sorted_and_unique() -> None:
     assert len(set(chatkit.__all__)) == len(chatkit.__all__)
 
 
-def test_all_is_complete_and_every_name_resolves() -> None:
-    exported = set(chatkit.__all__)
-    lazily_available = set(chatkit._EXPORTS) | {"__version__"}
-    assert exported == lazily_available
+def test_all_is_the_import_block_and_every_name_resolves() -> None:
+    assert set(chatkit.__all__) == set(chatkit._EXPORTS) | {"__version__"}
     for name in chatkit.__all__:
         assert getattr(chatkit, name) is not None
     assert sorted(dir(chatkit)) == sorted(chatkit.__all__)
 
 
+def test_without_its_source_the_package_imports_everything_at_once() -> None:
+    # A sourceless install (only .pyc files): the import block runs as written.
+    source = Path(chatkit.__file__).read_text(encoding="utf-8")
+    eager = types.ModuleType("chatkit_eager")
+    eager.__file__ = "/nonexistent/chatkit/__init__.py"
+    exec(compile(source, eager.__file__, "exec"), eager.__dict__)
+    assert eager.__all__ == chatkit.__all__
+    assert eager._EXPORTS == {}
+    assert eager.Client is chatkit.Client and eager.RateLimitError is chatkit.RateLimitError
+
+
 def test_unknown_attribute_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no_such_name"):
-        chatkit.no_such_name  # noqa: B018
+        chatkit.no_such_name  # type: ignore[attr-defined]  # noqa: B018
 
 
 def test_every_public_error_is_exported() -> None:
-    from chatkit import _errors
-
     for name in _errors.__all__:
         if isinstance(getattr(_errors, name), type):
             assert name in chatkit.__all__, name
+
+
+def test_public_classes_are_named_chatkit_from_the_moment_they_exist() -> None:
+    # In a fresh process, importing the private modules directly (never
+    # through chatkit.X): the classes already say chatkit.X, and no class
+    # chatkit does not export claims to be chatkit's (pickles would break).
+    modules = sorted(set(chatkit._EXPORTS.values()))
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "import chatkit\n"
+        "claimed = {n for m in list(sys.modules) if m.startswith('chatkit')\n"
+        "           for n, v in vars(sys.modules[m]).items()\n"
+        "           if isinstance(v, type) and v.__module__ == 'chatkit'}\n"
+        "public = {n for n in chatkit._EXPORTS if n in vars(chatkit) or\n"
+        "          isinstance(vars(sys.modules[chatkit._EXPORTS[n]])[n], type)}\n"
+        "print(sorted(claimed)); print(sorted(public))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    claimed, public = out.stdout.splitlines()
+    assert claimed == public
+    assert "RateLimitError" in claimed and "ChatCompletion" in claimed and "Client" in claimed
+
+
+def test_a_traceback_names_the_public_error() -> None:
+    code = "import chatkit._errors as e\nraise e.error_from_status(429, b'{}', provider='p')\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.stderr.splitlines()[-1].startswith("chatkit.RateLimitError: ")
+
+
+def test_errors_pickle_copy_and_repr_with_every_field() -> None:
+    status = _errors.error_from_status(
+        429, b'{"error": {"code": "slow_down"}}', headers={"x-request-id": "req-1"}, provider="P"
+    )
+    status.attempts = [chatkit.Attempt(provider="P", number=1, error=chatkit.APITimeoutError("t"))]
+    interrupted = chatkit.StreamInterrupted("cut", partial_text="Hel", provider="P")
+    plain = chatkit.APITimeoutError("slow")
+    for error in (status, interrupted, plain, chatkit.InvalidRequestError("x", field="model")):
+        for clone in (pickle.loads(pickle.dumps(error)), copy.deepcopy(error)):
+            assert type(clone) is type(error)
+            assert clone.args == error.args and str(clone) == str(error)
+            assert repr(vars(clone)) == repr(vars(error))
+    assert repr(plain) == "APITimeoutError('slow')"
+    assert pickle.loads(pickle.dumps(status)).request_id == "req-1"
+    assert b"chatkit\nRateLimitError" in pickle.dumps(status, protocol=0)
+
+
+def test_public_models_are_complete_and_pickle() -> None:
+    for name in chatkit.__all__:
+        value = getattr(chatkit, name)
+        if isinstance(value, type) and issubclass(value, pydantic.BaseModel):
+            assert value.__pydantic_complete__, name
+    completion = chatkit.ChatCompletion.model_validate(
+        {"id": "c", "created": 1, "model": "m", "choices": [], "object": "chat.completion"}
+    )
+    assert pickle.loads(pickle.dumps(completion)) == completion
+    assert repr(completion).startswith("ChatCompletion(")
+
+
+def test_openai_params_is_read_only() -> None:
+    with pytest.raises(TypeError):
+        chatkit.OPENAI_PARAMS["made_up"] = (str,)  # type: ignore[index]
+    assert "temperature" in chatkit.OPENAI_PARAMS
 
 
 def test_import_chatkit_loads_neither_aiohttp_nor_pydantic() -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
+import transport_probe
 
 import chatkit
 from chatkit import AsyncClient, Attempt, Timeout
@@ -135,7 +136,7 @@ async def _ask_async(
             else:
                 outcome.text, outcome.provider = completion.text, completion.provider
                 outcome.attempts = list(completion.attempts)
-        outcome.open_connections = client._transport.open_connections()
+        outcome.open_connections = transport_probe.open_connections(client._transport)
     finally:
         await client.aclose()
 
@@ -179,7 +180,7 @@ def _ask_sync(
 
 
 async def _open_connections(client: AsyncClient) -> int:
-    return client._transport.open_connections()
+    return transport_probe.open_connections(client._transport)
 
 
 async def _snapshot() -> set[asyncio.Task[Any]]:
@@ -247,10 +248,10 @@ async def test_harness_sees_a_connection_left_open() -> None:
         await chat.__anext__()
         await chat.__anext__()
         try:
-            assert client._transport.open_connections() == 1
+            assert transport_probe.open_connections(client._transport) == 1
         finally:
             await chat.aclose()
-            assert client._transport.open_connections() == 0
+            assert transport_probe.open_connections(client._transport) == 0
             await client.aclose()
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
+import transport_probe
 from test_retry_harness import (
     CLIENT_KINDS,
     MESSAGES,
@@ -372,7 +373,7 @@ async def test_cancel_during_backoff_sleep(stream: bool) -> None:
                     tg.start_soon(_consume, client, stream)
                     await sleeping.wait()
                     tg.cancel_scope.cancel()
-            assert client._transport.open_connections() == 0
+            assert transport_probe.open_connections(client._transport) == 0
         assert await leftover_tasks(before) == 0
     assert (len(p.requests), len(b.requests)) == (1, 0)
 
@@ -392,7 +393,7 @@ async def test_cancel_during_an_attempt_drops_its_connection(
                     await wait_until(lambda: len(p.requests) == 1)
                     tg.cancel_scope.cancel()
             assert await p.wait_for_disconnects(1)
-            assert client._transport.open_connections() == 0
+            assert transport_probe.open_connections(client._transport) == 0
         assert await leftover_tasks(before) == 0
     assert len(p.requests) == 1
 
@@ -416,7 +417,7 @@ async def test_leaving_a_stream_early_closes_the_upstream(how: str) -> None:
                     del chat
                     gc.collect()
             assert await p.wait_for_disconnects(1)
-            assert client._transport.open_connections() == 0
+            assert transport_probe.open_connections(client._transport) == 0
         assert await leftover_tasks(before) == 0
 
 

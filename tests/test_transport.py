@@ -18,6 +18,8 @@ import aiohttp_socks
 import anyio
 import pytest
 import python_socks
+import yarl
+from transport_probe import open_connections, session_count
 
 import chatkit
 from chatkit import (
@@ -30,7 +32,14 @@ from chatkit import (
     Timeout,
 )
 from chatkit._proxy import ProxySettings, ProxyURL
-from chatkit._transport import HTTPCall, RedactedCause, Transport, _socks_connector
+from chatkit._transport import (
+    HTTPCall,
+    RedactedCause,
+    Transport,
+    _close_sockets,
+    _socks_connector,
+    connections,
+)
 from chatkit.providers import OpenAI
 from chatkit.testing import Behavior, FakeOpenAIServer, start_pproxy
 
@@ -360,8 +369,8 @@ async def test_one_session_per_socks_proxy_and_the_count_is_capped() -> None:
         for port in range(1001, 1041):
             transport._session(ProxyURL.parse(f"socks5://127.0.0.1:{port}", "proxy"))
         # 16 SOCKS sessions at most, plus the direct / HTTP-proxy one.
-        assert transport.session_count() == 17
-    assert transport.session_count() == 0
+        assert session_count(transport) == 17
+    assert session_count(transport) == 0
 
 
 @pytest.mark.anyio
@@ -447,7 +456,7 @@ async def test_a_busy_socks_session_survives_the_cap() -> None:
                             url_ = f"socks5://127.0.0.1:{other}"
                             transport._session(ProxyURL.parse(url_, "p"))
                         # 16 idle SOCKS sessions at most, plus the busy one.
-                        assert transport.session_count() == 17
+                        assert session_count(transport) == 17
                         release.set()
             assert received == b"first-last"
         assert proxy.wait_for_connections(port=port)
@@ -506,26 +515,74 @@ def test_a_transport_outlives_the_event_loops_that_used_it() -> None:
 
     async def use() -> int:
         transport._session(None)
-        return transport.session_count()
+        return session_count(transport)
 
     assert asyncio.run(use()) == 1
-    assert transport.open_connections() == 0
+    assert open_connections(transport) == 0
     assert asyncio.run(use()) == 1  # a fresh session on the new loop
 
     async def close_elsewhere() -> None:
         await transport.aclose()
 
     asyncio.run(close_elsewhere())
-    assert transport.session_count() == 0 and transport.closed
+    assert session_count(transport) == 0 and transport.closed
 
     other = Transport()
     asyncio.run(use_transport(other))
     asyncio.run(other.aclose())  # the first loop is gone: detach, do not await
-    assert other.session_count() == 0
+    assert session_count(other) == 0
 
 
 async def use_transport(transport: Transport) -> None:
     transport._session(None)
+
+
+def test_sockets_of_a_dead_loop_are_closed_and_the_session_detached() -> None:
+    # A connection left idle in the pool when asyncio.run returned: the next
+    # loop's first request must close its socket (the server sees EOF), and
+    # nothing may warn about an unclosed connector or transport.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        transport = Transport()
+
+        async def connect() -> aiohttp.ClientSession:
+            session = transport._session(None)
+            assert session.connector is not None
+            conn = await session.connector.connect(
+                aiohttp.ClientRequest("GET", yarl.URL(f"http://127.0.0.1:{port}/")),
+                [],
+                aiohttp.ClientTimeout(total=5),
+            )
+            conn.release()  # back to the pool, idle
+            return session
+
+        session = asyncio.run(connect())
+        accepted, _ = listener.accept()
+        with accepted:
+            assert open_connections(transport) == 1
+            asyncio.run(use_transport(transport))  # forgets the dead loop's sessions
+            assert session.closed and session.connector is None
+            accepted.settimeout(5)
+            assert accepted.recv(1) == b""  # the client's socket is closed
+        asyncio.run(transport.aclose())
+
+
+def test_aiohttp_internals_that_are_gone_fail_loudly() -> None:
+    with pytest.raises(RuntimeError, match=r"BaseConnector.*_conns.*report"):
+        connections(object())  # type: ignore[arg-type]
+
+    class Proto:
+        transport = object()  # neither a socket transport nor a TLS one
+
+    class Connector:
+        def __init__(self) -> None:
+            self._conns = {("127.0.0.1", 1): [(Proto(), 0.0)]}
+            self._acquired: set[object] = set()
+
+    with pytest.raises(RuntimeError, match=r"socket transport.*_sock"):
+        _close_sockets(Connector())  # type: ignore[arg-type]
 
 
 @pytest.mark.anyio
@@ -533,7 +590,7 @@ async def test_open_connections_skips_closed_sessions() -> None:
     async with Transport() as transport:
         session = transport._session(None)
         await session.close()
-        assert transport.open_connections() == 0
+        assert open_connections(transport) == 0
 
 
 @pytest.mark.anyio

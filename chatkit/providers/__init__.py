@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatkit._config import env_value
 from chatkit._errors import InvalidRequestError, MissingAuthError, ProviderNotFoundError
-from chatkit.providers._base import Provider, provider_name
+from chatkit.providers._base import Provider, is_provider_class, provider_name
 from chatkit.providers.anthropic import Anthropic
 from chatkit.providers.gemini import Gemini
 from chatkit.providers.local import Local
@@ -100,7 +100,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-PROVIDERS: dict[str, type] = {
+PROVIDERS: dict[str, type[Provider]] = {
     "openai": OpenAI,
     "anthropic": Anthropic,
     "gemini": Gemini,
@@ -126,7 +126,7 @@ LlamaCpp = PRESETS["llamacpp"]
 LMStudio = PRESETS["lmstudio"]
 
 
-def get_provider_class(name: str) -> type:
+def get_provider_class(name: str) -> type[Provider]:
     """The provider class registered under ``name`` (case-insensitive)."""
     found = PROVIDERS.get(name.lower())
     if found is None:
@@ -139,14 +139,21 @@ def get_provider_class(name: str) -> type:
     return found
 
 
-def _load_entry_point(name: str) -> type | None:
+def _load_entry_point(name: str) -> type[Provider] | None:
     # Looked up only on a miss, so importing chatkit never scans installed packages.
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         if entry.name.lower() == name:
             loaded = entry.load()
-            if isinstance(loaded, type):
-                PROVIDERS[name] = loaded
-                return loaded
+            if not isinstance(loaded, type):
+                continue
+            if not is_provider_class(loaded):
+                raise InvalidRequestError(
+                    f"provider must be a provider class, instance or registered name, got"
+                    f" the class {loaded.__name__} (entry point {entry.name!r})",
+                    field="provider",
+                )
+            PROVIDERS[name] = loaded
+            return loaded
     return None
 
 
@@ -159,7 +166,7 @@ def is_configured(cls: type) -> bool:
     return bool(variables) and env_value(*variables) is not None
 
 
-def default_provider_class() -> type:
+def default_provider_class() -> type[Provider]:
     """The first provider in ``DEFAULT_ORDER`` that is configured in this environment."""
     for name in DEFAULT_ORDER:
         cls = PROVIDERS.get(name)
@@ -192,7 +199,7 @@ def split_model(model: str) -> tuple[str | None, str]:
     return None, model
 
 
-def registered_name(provider: Any) -> str | None:
+def registered_name(provider: object) -> str | None:
     """The registry name of a provider's exact class, or None (third-party, combinators)."""
     cls = provider if isinstance(provider, type) else type(provider)
     for name, registered in PROVIDERS.items():
@@ -201,7 +208,7 @@ def registered_name(provider: Any) -> str | None:
     return None
 
 
-def model_for(provider: Any, model: str) -> str:
+def model_for(provider: Provider | type[Provider], model: str) -> str:
     """The model string that ``provider``, fixed for this call, receives for ``model``.
 
     The ``"name:"`` prefix routes only calls whose provider is not fixed.
@@ -241,8 +248,8 @@ def model_for(provider: Any, model: str) -> str:
     )
 
 
-def _at_own_server(provider: Any) -> bool | None:
-    """Whether an instance talks to its class's default URL (None for a class)."""
-    if isinstance(provider, type):
+def _at_own_server(provider: Provider | type[Provider]) -> bool | None:
+    """Whether an ``OpenAI`` instance talks to its class's default URL (None for a class)."""
+    if not isinstance(provider, OpenAI):
         return None
-    return getattr(provider, "base_url", None) == getattr(provider, "default_base_url", None)
+    return provider.base_url == provider.default_base_url

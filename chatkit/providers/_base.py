@@ -9,26 +9,45 @@ Optional extras chatkit uses when present:
 - ``async complete(request, http) -> ChatCompletion``: a dedicated
   non-streamed call (otherwise the stream is assembled);
 - ``async list_models(http) -> list[Model]``;
-- ``handles_retries = True``: the provider retries by itself (RetryProvider),
-  so the client adds no retry layer of its own;
+- ``check_request(request)``: raise ``UnsupportedCapabilityError`` before any I/O;
+- ``async aclose()``: release what the provider holds (the client calls it
+  for the providers it created);
+- ``handles_retries = True`` and ``retrying_call(request, http)``: the
+  provider retries by itself (RetryProvider), so the client adds no retry
+  layer of its own (``chatkit._retry.RetryingProvider``, a layer up, since it
+  returns a ``RetryingCall``);
 - ``capabilities: Capabilities``: what its API can do; without it, chatkit
   assumes nothing (``parse()`` sends a plain, non-strict schema).
+
+Each optional ability is a small runtime-checkable protocol below, so the
+core asks ``isinstance(provider, SupportsComplete)`` instead of probing with
+``getattr`` and calling whatever it found untyped.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
 
 from chatkit._errors import UnsupportedCapabilityError
 
 if TYPE_CHECKING:
     from chatkit._request import ChatRequest
     from chatkit._transport import HTTPCall
-    from chatkit._types import ChatCompletionChunk
+    from chatkit._types import ChatCompletion, ChatCompletionChunk, Model
 
-__all__ = ["Capabilities", "Provider", "provider_name", "supports_strict_schema"]
+__all__ = [
+    "Capabilities",
+    "Provider",
+    "SupportsAclose",
+    "SupportsCheckRequest",
+    "SupportsComplete",
+    "SupportsListModels",
+    "is_provider_class",
+    "provider_name",
+    "supports_strict_schema",
+]
 
 
 @runtime_checkable
@@ -40,11 +59,66 @@ class Provider(Protocol):
         ...
 
 
-def provider_name(provider: Any) -> str:
+def is_provider_class(value: type) -> TypeGuard[type[Provider]]:
+    """Whether ``value`` is a class whose instances are providers (it has ``stream``).
+
+    ``isinstance(cls, Provider)`` answers that at run time, but a type checker
+    reads it as "an instance", so classes are narrowed here.
+    """
+    return isinstance(value, Provider)
+
+
+@runtime_checkable
+class SupportsComplete(Protocol):
+    """A provider with a dedicated non-streamed call (otherwise the stream is assembled)."""
+
+    async def complete(self, request: ChatRequest, http: HTTPCall) -> ChatCompletion:
+        """The whole answer in one call; raise chatkit errors on failure."""
+        ...
+
+
+@runtime_checkable
+class SupportsListModels(Protocol):
+    """A provider with a model list endpoint (``client.models.list()``)."""
+
+    async def list_models(self, http: HTTPCall) -> list[Model]:
+        """The models the provider offers."""
+        ...
+
+
+@runtime_checkable
+class SupportsCheckRequest(Protocol):
+    """A provider that refuses, before any I/O, a request its API cannot serve."""
+
+    def check_request(self, request: ChatRequest) -> None:
+        """Raise ``UnsupportedCapabilityError`` (the provider is then skipped)."""
+        ...
+
+
+@runtime_checkable
+class SupportsAclose(Protocol):
+    """Anything chatkit closes when done with it: a provider, a chunk iterator."""
+
+    async def aclose(self) -> None:
+        """Release what it holds. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class _Named(Protocol):
+    name: str
+
+
+@runtime_checkable
+class _Declared(Protocol):
+    capabilities: Capabilities
+
+
+def provider_name(provider: object) -> str:
     """A readable name for a provider instance or class."""
-    name = getattr(provider, "name", None)
-    if isinstance(name, str) and name:
-        return name
+    # A class's ``name`` attribute counts too: the registry names classes.
+    if isinstance(provider, _Named) and isinstance(provider.name, str) and provider.name:
+        return provider.name
     cls = provider if isinstance(provider, type) else type(provider)
     return cls.__name__
 
@@ -92,9 +166,11 @@ class Capabilities:
             )
 
 
-def supports_strict_schema(provider: Any) -> bool:
+def supports_strict_schema(provider: object) -> bool:
     """Whether ``provider`` declares strict JSON schemas (third-party providers do not)."""
-    capabilities = getattr(provider, "capabilities", None)
+    if not isinstance(provider, _Declared):
+        return False
+    capabilities = provider.capabilities
     return isinstance(capabilities, Capabilities) and capabilities.strict_json_schema
 
 

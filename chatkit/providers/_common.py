@@ -31,7 +31,7 @@ from chatkit._errors import (
     error_from_event,
 )
 from chatkit._proxy import ProxySettings
-from chatkit._request import ChatRequest
+from chatkit._request import ChatRequest, field_error
 from chatkit._sse import SSEDecoder, SSEEvent
 from chatkit._transport import HTTPCall, HTTPResponse
 from chatkit._types import (
@@ -316,7 +316,7 @@ def _snippet(text: bytes) -> str:
 
 async def sse_batches(
     response: HTTPResponse, provider: str
-) -> AsyncIterator[tuple[list[SSEEvent], bool]]:
+) -> AsyncGenerator[tuple[list[SSEEvent], bool]]:
     """The response body's SSE events, one list per network read, and whether
     the list is the body's unterminated tail.
 
@@ -352,10 +352,6 @@ def provider_repr(name: str, base_url: str, api_key: str | None) -> str:
 
 
 # -- requests: OpenAI-style input read the same way for every vendor ---------
-
-
-def field_error(message: str, field: str) -> InvalidRequestError:
-    return InvalidRequestError(f"{field}: {message}", field=field)
 
 
 def first_unsupported_param(

@@ -21,11 +21,11 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
+from chatkit._config import is_number
 from chatkit._errors import (
     APIStatusError,
     InvalidRequestError,
     ResponseDecodeError,
-    UnsupportedCapabilityError,
     error_from_event,
 )
 from chatkit._request import ChatRequest
@@ -50,17 +50,15 @@ from chatkit.providers._base import Capabilities
 from chatkit.providers._common import (
     check_stream_type,
     decode_error,
-    get_json,
     iso_timestamp,
     loads,
     objects_with_string,
-    provider_repr,
-    resolve_endpoint,
     sse_batches,
     stream_ended_early,
     tool_call_delta,
     truncated,
 )
+from chatkit.providers._http import HTTPProvider
 
 __all__ = ["Anthropic", "finish_reason"]
 
@@ -98,9 +96,7 @@ def _usage(*sources: Mapping[str, Any] | None) -> CompletionUsage:
     merged: dict[str, int] = {}
     for source in sources:
         if source:
-            merged.update(
-                (k, v) for k, v in source.items() if isinstance(v, int) and not isinstance(v, bool)
-            )
+            merged.update((k, v) for k, v in source.items() if is_number(v, integer=True))
     cache_read = merged.get("cache_read_input_tokens", 0)
     cache_creation = merged.get("cache_creation_input_tokens", 0)
     prompt = merged.get("input_tokens", 0) + cache_creation + cache_read
@@ -118,13 +114,17 @@ def _usage(*sources: Mapping[str, Any] | None) -> CompletionUsage:
     return CompletionUsage.model_validate(fields)
 
 
-def _with_request_id(error: APIStatusError, request_id: str | None) -> APIStatusError:
-    # An error event arrives inside a 200 response: its id is that response's.
+def _refine(error: APIStatusError, request_id: str | None) -> APIStatusError:
+    """``error`` with what Anthropic's answer adds to it: the request id.
+
+    An error event arrives inside a 200 response (or is a 200 body), so its
+    id is that response's.
+    """
     error.request_id = request_id
     return error
 
 
-class _StreamState:
+class _ResponseReader:
     """Turns one stream's Anthropic events into chunks (None: nothing to emit)."""
 
     def __init__(self, provider: str, request_id: str | None) -> None:
@@ -156,7 +156,7 @@ class _StreamState:
             provider=self.provider,
         )
 
-    def feed(self, event: SSEEvent) -> ChatCompletionChunk | None:
+    def read_event(self, event: SSEEvent) -> ChatCompletionChunk | None:
         payload = loads(event.data, self.provider, "stream event")
         if not isinstance(payload, dict):
             raise decode_error(self.provider, "stream event is not an object", event.data)
@@ -180,7 +180,7 @@ class _StreamState:
             return None
         if kind == "error":
             error = error_from_event(payload, provider=self.provider)
-            raise _with_request_id(error, self.request_id)
+            raise _refine(error, self.request_id)
         # ping, content_block_stop, and event types added later: nothing to emit.
         return None
 
@@ -291,7 +291,7 @@ def _model(item: dict[str, Any], provider: str) -> Model:
     return Model(id=item["id"], created=created, owned_by="anthropic", provider=provider, **extra)
 
 
-class Anthropic:
+class Anthropic(HTTPProvider):
     """Claude through the Anthropic Messages API.
 
     ``Anthropic()`` reads ``ANTHROPIC_API_KEY`` and ``ANTHROPIC_BASE_URL``
@@ -320,52 +320,34 @@ class Anthropic:
         proxies: Mapping[str, str] | None = None,
         trust_env: bool = True,
     ) -> None:
-        self._endpoint = resolve_endpoint(
-            self.name,
-            api_key=api_key,
-            base_url=base_url,
-            api_key_env=self.api_key_env,
-            base_url_env=self.base_url_env,
-            default_base_url=self.default_base_url,
+        super().__init__(
+            api_key,
+            base_url,
             key_required=True,
+            default_model=default_model,
+            default_headers=default_headers,
             proxy=proxy,
             proxies=proxies,
             trust_env=trust_env,
         )
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        if not is_number(max_tokens, integer=True) or max_tokens < 1:
             raise InvalidRequestError("max_tokens must be an integer >= 1", field="max_tokens")
-        self.base_url = self._endpoint.base_url
-        self.proxy_settings = self._endpoint.proxy_settings
         self.max_tokens = max_tokens
-        if default_model is not None:
-            self.default_model = default_model
-        self._headers = dict(default_headers or {})
-
-    def __repr__(self) -> str:
-        return provider_repr(type(self).__name__, self.base_url, self._endpoint.api_key)
 
     # -- requests ------------------------------------------------------------
 
-    def check_request(self, request: ChatRequest) -> None:
-        """Fail before I/O when Anthropic cannot carry out ``request``."""
-        self.capabilities.check(request, self.name)
-        param = unsupported_param(request)
-        if param is not None:
-            raise UnsupportedCapabilityError(
-                f"{self.name} does not support the {param!r} parameter", field=param
-            )
+    def _unsupported_param(self, request: ChatRequest) -> str | None:
+        return unsupported_param(request)
+
+    def _check_body(self, request: ChatRequest) -> None:
         self._body(request, stream=request.stream)
 
-    def _headers_for(self, accept: str, request: ChatRequest | None = None) -> dict[str, str]:
-        headers = {
+    def _auth_headers(self, accept: str) -> dict[str, str]:
+        return {
             "Accept": accept,
             "anthropic-version": API_VERSION,
-            "x-api-key": self._endpoint.api_key or "",
+            "x-api-key": self._api_key or "",
         }
-        headers.update(self._headers)
-        if request is not None:
-            headers.update(request.extra_headers)
-        return headers
 
     def _body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         return messages_body(
@@ -381,7 +363,7 @@ class Anthropic:
             "POST",
             f"{self.base_url}/v1/messages",
             provider=self.name,
-            headers=self._headers_for(accept, request),
+            headers=self._headers_for(accept, request.extra_headers),
             json_body=self._body(request, stream=stream),
             params=request.extra_query or None,
             proxy_settings=self.proxy_settings,
@@ -394,11 +376,11 @@ class Anthropic:
     ) -> AsyncIterator[ChatCompletionChunk]:
         async with self._open(http, request, stream=True) as response:
             check_stream_type(response, self.name, "sse")
-            state = _StreamState(self.name, response.headers.get("request-id"))
+            reader = _ResponseReader(self.name, response.headers.get("request-id"))
             async for events, tail in sse_batches(response, self.name):
                 for event in events:
                     try:
-                        chunk = state.feed(event)
+                        chunk = reader.read_event(event)
                     except ResponseDecodeError as exc:
                         # An unterminated last event that does not parse was
                         # torn by a truncated body: a connection failure.
@@ -407,9 +389,9 @@ class Anthropic:
                         raise
                     if chunk is not None:
                         yield chunk
-                    if state.stopped:
+                    if reader.stopped:
                         return
-        if not state.finished:
+        if not reader.finished:
             raise stream_ended_early(self.name, "message_stop")
 
     async def complete(self, request: ChatRequest, http: HTTPCall) -> ChatCompletion:
@@ -419,7 +401,7 @@ class Anthropic:
         message = loads(raw, self.name, "response")
         if isinstance(message, dict) and message.get("type") == "error":
             error = error_from_event(message, provider=self.name)
-            raise _with_request_id(error, request_id)
+            raise _refine(error, request_id)
         try:
             return _completion(message, self.name)
         except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as exc:
@@ -430,14 +412,7 @@ class Anthropic:
         models: list[Model] = []
         params = {"limit": "1000"}
         while True:
-            page = await get_json(
-                http,
-                f"{self.base_url}/v1/models",
-                provider=self.name,
-                headers=self._headers_for("application/json"),
-                params=params,
-                proxy_settings=self.proxy_settings,
-            )
+            page = await self._get_json(http, f"{self.base_url}/v1/models", params)
             items = page.get("data") if isinstance(page, dict) else None
             if not isinstance(items, list):
                 raise decode_error(self.name, "model list has no data", json.dumps(page))

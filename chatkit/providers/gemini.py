@@ -28,7 +28,6 @@ from chatkit._errors import (
     APIStatusError,
     AuthenticationError,
     ResponseDecodeError,
-    UnsupportedCapabilityError,
     error_from_event,
 )
 from chatkit._request import ChatRequest
@@ -49,13 +48,10 @@ from chatkit.providers._common import (
     compact_json,
     completion_from_chunk,
     decode_error,
-    get_json,
     json_object,
     new_completion_id,
     new_tool_call_id,
     objects_with_string,
-    provider_repr,
-    resolve_endpoint,
     sse_batches,
     stream_ended_early,
     tool_call_delta,
@@ -63,6 +59,7 @@ from chatkit.providers._common import (
     truncated,
 )
 from chatkit.providers._gemini_request import generate_content_body, unsupported_param
+from chatkit.providers._http import HTTPProvider
 
 __all__ = ["Gemini"]
 
@@ -78,7 +75,7 @@ _EXTRA = "extra_content"
 _MODEL_FIELDS = ("displayName", "description", "inputTokenLimit", "outputTokenLimit")
 
 
-class Gemini:
+class Gemini(HTTPProvider):
     """Gemini models through ``generativelanguage.googleapis.com``.
 
     The key comes from ``api_key=``, else ``GEMINI_API_KEY``, else
@@ -105,41 +102,30 @@ class Gemini:
         proxies: Mapping[str, str] | None = None,
         trust_env: bool = True,
     ) -> None:
-        endpoint = resolve_endpoint(
-            self.name,
-            api_key=api_key,
-            base_url=base_url,
-            api_key_env=self.api_key_env,
-            base_url_env=(),
-            default_base_url=self.default_base_url,
+        super().__init__(
+            api_key,
+            base_url,
             key_required=base_url is None,
+            default_model=default_model,
+            default_headers=default_headers,
             proxy=proxy,
             proxies=proxies,
             trust_env=trust_env,
         )
-        self.base_url = endpoint.base_url
-        self._api_key = endpoint.api_key
-        self.proxy_settings = endpoint.proxy_settings
         self.api_version = api_version.strip("/")
-        if default_model is not None:
-            self.default_model = default_model
-        self._headers = dict(default_headers or {})
-
-    def __repr__(self) -> str:
-        return provider_repr("Gemini", self.base_url, self._api_key)
 
     # -- before any I/O ------------------------------------------------------
 
-    def check_request(self, request: ChatRequest) -> None:
-        """Fail before I/O on what Gemini cannot do or what cannot be translated."""
-        self.capabilities.check(request, self.name)
-        param = unsupported_param(request)
-        if param is not None:
-            raise UnsupportedCapabilityError(
-                f"{self.name} has no equivalent of {param!r}; pass Gemini fields in"
-                " extra_body={...} instead",
-                field=param,
-            )
+    def _unsupported_param(self, request: ChatRequest) -> str | None:
+        return unsupported_param(request)
+
+    def _unsupported_message(self, param: str, request: ChatRequest) -> str:
+        return (
+            f"{self.name} has no equivalent of {param!r}; pass Gemini fields in"
+            " extra_body={...} instead"
+        )
+
+    def _check_body(self, request: ChatRequest) -> None:
         self._body(request)
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
@@ -147,12 +133,11 @@ class Gemini:
 
     # -- HTTP ----------------------------------------------------------------
 
-    def _headers_for(self, accept: str, extra: Mapping[str, str] = {}) -> dict[str, str]:
+    def _auth_headers(self, accept: str) -> dict[str, str]:
+        # The key travels in a header, never in the URL (see the module docstring).
         headers = {"Accept": accept}
         if self._api_key:
             headers["x-goog-api-key"] = self._api_key
-        headers.update(self._headers)
-        headers.update(extra)
         return headers
 
     def _url(self, model: str, method: str) -> str:
@@ -211,14 +196,7 @@ class Gemini:
         token: str | None = None
         for _ in range(100):  # a bound on pages, in case a server keeps paging
             params = {"pageSize": "1000", **({"pageToken": token} if token else {})}
-            page = await get_json(
-                http,
-                f"{self.base_url}/{self.api_version}/models",
-                provider=self.name,
-                headers=self._headers_for("application/json"),
-                params=params,
-                proxy_settings=self.proxy_settings,
-            )
+            page = await self._get_json(http, f"{self.base_url}/{self.api_version}/models", params)
             if not isinstance(page, dict):
                 raise ResponseDecodeError(
                     f"{self.name}: model list is not an object", provider=self.name

@@ -40,6 +40,7 @@ from typing import IO, Any, ClassVar, cast
 
 import anyio
 
+from chatkit._config import is_number
 from chatkit._errors import (
     APITimeoutError,
     InvalidRequestError,
@@ -278,7 +279,7 @@ def _cpu_ok() -> bool:
 
 
 def _check_int(value: object, field: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_number(value, integer=True) or value < minimum:
         raise InvalidRequestError(f"{field} must be an integer >= {minimum}", field=field)
     return value
 
@@ -318,7 +319,7 @@ class Local:
         path = os.path.abspath(os.fspath(model_path)) if model_path is not None else None
         if threads is None:
             threads = min(4, os.cpu_count() or 2)
-        if isinstance(load_timeout, bool) or not isinstance(load_timeout, int | float):
+        if not is_number(load_timeout):
             raise InvalidRequestError(
                 "load_timeout must be a number of seconds", field="load_timeout"
             )

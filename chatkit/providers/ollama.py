@@ -30,7 +30,6 @@ from chatkit._errors import (
     APIStatusError,
     InvalidRequestError,
     ResponseDecodeError,
-    UnsupportedCapabilityError,
     error_from_event,
 )
 from chatkit._request import ChatRequest
@@ -60,14 +59,13 @@ from chatkit.providers._common import (
     new_tool_call_id,
     objects_with_string,
     pause_every,
-    provider_repr,
-    resolve_endpoint,
     stream_ended_early,
     token_usage,
     tool_call_delta,
     translated_errors,
     truncated,
 )
+from chatkit.providers._http import HTTPProvider
 from chatkit.providers._ollama_request import chat_body, unsupported_param
 
 __all__ = ["Ollama", "ollama_base_url"]
@@ -105,7 +103,7 @@ def ollama_base_url(address: str) -> str:
     return check_base_url(f"{parts.scheme}://{netloc}{parts.path}")
 
 
-class Ollama:
+class Ollama(HTTPProvider):
     """A local or remote Ollama server, through its native ``/api/chat``.
 
     The address comes from ``base_url=``, else ``OLLAMA_HOST``, else
@@ -136,28 +134,20 @@ class Ollama:
         address = base_url or env_value("OLLAMA_HOST") or self.default_base_url
         if not isinstance(address, str):
             raise InvalidRequestError("base_url must be a string URL", field="base_url")
-        endpoint = resolve_endpoint(
-            self.name,
-            api_key=api_key,
-            base_url=ollama_base_url(address),
-            api_key_env=("OLLAMA_API_KEY",),
-            base_url_env=(),
-            default_base_url=self.default_base_url,
+        super().__init__(
+            api_key,
+            ollama_base_url(address),
             key_required=False,
+            default_model=default_model,
+            default_headers=default_headers,
             proxy=proxy,
             proxies=proxies,
             trust_env=trust_env,
+            # Optional, so not ``api_key_env``: a set OLLAMA_API_KEY does not
+            # make Ollama "configured" (OLLAMA_HOST does, see is_configured).
+            key_env=("OLLAMA_API_KEY",),
         )
-        self.base_url = endpoint.base_url
-        self._api_key = endpoint.api_key
-        self.proxy_settings = endpoint.proxy_settings
         self.keep_alive = keep_alive
-        if default_model is not None:
-            self.default_model = default_model
-        self._headers = dict(default_headers or {})
-
-    def __repr__(self) -> str:
-        return provider_repr("Ollama", self.base_url, self._api_key)
 
     @classmethod
     def is_configured(cls) -> bool:
@@ -169,16 +159,16 @@ class Ollama:
 
     # -- before any I/O ------------------------------------------------------
 
-    def check_request(self, request: ChatRequest) -> None:
-        """Fail before I/O on what Ollama cannot do or what cannot be translated."""
-        self.capabilities.check(request, self.name)
-        param = unsupported_param(request)
-        if param is not None:
-            raise UnsupportedCapabilityError(
-                f"{self.name} has no equivalent of {param}={request.params[param]!r}; pass"
-                " Ollama fields in extra_body={...} instead",
-                field=param,
-            )
+    def _unsupported_param(self, request: ChatRequest) -> str | None:
+        return unsupported_param(request)
+
+    def _unsupported_message(self, param: str, request: ChatRequest) -> str:
+        return (
+            f"{self.name} has no equivalent of {param}={request.params[param]!r}; pass"
+            " Ollama fields in extra_body={...} instead"
+        )
+
+    def _check_body(self, request: ChatRequest) -> None:
         self._body(request, stream=request.stream)
 
     def _body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
@@ -186,14 +176,6 @@ class Ollama:
         return chat_body(request, model=model, stream=stream, keep_alive=self.keep_alive)
 
     # -- HTTP ----------------------------------------------------------------
-
-    def _headers_for(self, accept: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        headers = {"Accept": accept}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        headers.update(self._headers)
-        headers.update(extra or {})
-        return headers
 
     def _open(
         self, http: HTTPCall, method: str, path: str, **kwargs: Any
@@ -205,7 +187,7 @@ class Ollama:
             proxy_settings=self.proxy_settings,
             **kwargs,
         )
-        return translated_errors(opened, _restate)
+        return translated_errors(opened, _refine)
 
     def _chat(
         self, request: ChatRequest, http: HTTPCall, *, stream: bool
@@ -223,7 +205,7 @@ class Ollama:
     async def stream(
         self, request: ChatRequest, http: HTTPCall
     ) -> AsyncIterator[ChatCompletionChunk]:
-        reader = _ChatReader(self.name)
+        reader = _ResponseReader(self.name)
         async with self._chat(request, http, stream=True) as response:
             check_stream_type(response, self.name, "ndjson")
             lines = _ndjson(response, self.max_line_size, self.name)
@@ -240,7 +222,7 @@ class Ollama:
     async def complete(self, request: ChatRequest, http: HTTPCall) -> ChatCompletion:
         async with self._chat(request, http, stream=False) as response:
             raw = await response.read()
-        chunk = _ChatReader(self.name).read_raw(raw)
+        chunk = _ResponseReader(self.name).read_raw(raw)
         return completion_from_chunk(chunk, self.name)
 
     async def list_models(self, http: HTTPCall) -> list[Model]:
@@ -338,7 +320,7 @@ async def _ndjson(response: HTTPResponse, limit: int, provider: str) -> AsyncGen
             yield line
 
 
-class _ChatReader:
+class _ResponseReader:
     """Turns ``/api/chat`` response objects into OpenAI chunks, statefully.
 
     The ``done`` object finishes the answer and carries its counts, so the
@@ -421,7 +403,7 @@ class _ChatReader:
         return tool_call_delta(index, call_id, function.get("name", ""), arguments)
 
 
-def _restate(error: APIStatusError) -> APIStatusError:
+def _refine(error: APIStatusError) -> APIStatusError:
     """Ollama's error bodies are ``{"error": "text"}``: put the text in the message."""
     body = error.body
     if not (isinstance(body, dict) and isinstance(body.get("error"), str)):

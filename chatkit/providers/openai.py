@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 from pydantic import ValidationError
 
 from chatkit._errors import ResponseDecodeError, error_from_event
-from chatkit._proxy import ProxySettings
 from chatkit._request import ChatRequest
 from chatkit._sse import SSEDecoder, SSEEvent
 from chatkit._transport import HTTPCall
@@ -25,17 +24,14 @@ from chatkit.providers._common import (
     StreamStart,
     body_reads,
     check_stream_type,
-    get_json,
     objects_with_string,
-    provider_repr,
-    resolve_endpoint,
     stream_ended_early,
     truncated,
 )
+from chatkit.providers._http import EVERYTHING, HTTPProvider
 
 __all__ = ["OpenAI"]
 
-_EVERYTHING = Capabilities()
 # Reads in a row without an event before the stream yields to the event loop
 # (see _common.pause_every; inlined here because this is the hot path).
 _IDLE_READS = 8
@@ -49,7 +45,7 @@ def _is_done(text: str) -> bool:
     return text.lstrip().startswith("[DONE]")
 
 
-class OpenAI:
+class OpenAI(HTTPProvider):
     """An OpenAI-compatible Chat Completions endpoint.
 
     ``OpenAI()`` reads ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``. A key is
@@ -63,7 +59,7 @@ class OpenAI:
     base_url_env: ClassVar[tuple[str, ...]] = ("OPENAI_BASE_URL",)
     default_model: str = "gpt-4o-mini"
     requires_key: ClassVar[bool] = True
-    capabilities: ClassVar[Capabilities] = _EVERYTHING
+    capabilities: ClassVar[Capabilities] = EVERYTHING
 
     def __init__(
         self,
@@ -76,46 +72,21 @@ class OpenAI:
         proxies: Mapping[str, str] | None = None,
         trust_env: bool = True,
     ) -> None:
-        endpoint = resolve_endpoint(
-            self.name,
-            api_key=api_key,
-            base_url=base_url,
-            api_key_env=self.api_key_env,
-            base_url_env=self.base_url_env,
-            default_base_url=self.default_base_url,
+        super().__init__(
+            api_key,
+            base_url,
             # An explicit base_url is often a local server, which rarely wants a key.
             key_required=self.requires_key and base_url is None,
+            default_model=default_model,
+            default_headers=default_headers,
             proxy=proxy,
             proxies=proxies,
             trust_env=trust_env,
         )
-        self.base_url = endpoint.base_url
-        self._api_key = endpoint.api_key
-        if default_model is not None:
-            self.default_model = default_model
-        self._headers = dict(default_headers or {})
-        self.proxy_settings: ProxySettings | None = endpoint.proxy_settings
-
-    def __repr__(self) -> str:
-        return provider_repr(type(self).__name__, self.base_url, self._api_key)
-
-    def check_request(self, request: ChatRequest) -> None:
-        """Fail before I/O when the request needs a capability this API lacks."""
-        # Runs on every call; a provider that supports everything has nothing to check.
-        capabilities = self.capabilities
-        if capabilities is not _EVERYTHING and capabilities != _EVERYTHING:
-            capabilities.check(request, self.name)
-
-    def _auth_headers(self, accept: str) -> dict[str, str]:
-        headers = {"Accept": accept}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        headers.update(self._headers)
-        return headers
 
     def _request_headers(self, request: ChatRequest) -> dict[str, str]:
         accept = "text/event-stream" if request.stream else "application/json"
-        return {**self._auth_headers(accept), **request.extra_headers}
+        return self._headers_for(accept, request.extra_headers)
 
     def _body(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -277,13 +248,7 @@ class OpenAI:
         return completion
 
     async def list_models(self, http: HTTPCall) -> list[Model]:
-        payload = await get_json(
-            http,
-            f"{self.base_url}/models",
-            provider=self.name,
-            headers=self._auth_headers("application/json"),
-            proxy_settings=self.proxy_settings,
-        )
+        payload = await self._get_json(http, f"{self.base_url}/models")
         items = payload.get("data", []) if isinstance(payload, dict) else []
         models = []
         for item in objects_with_string(items, "id"):

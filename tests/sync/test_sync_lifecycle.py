@@ -24,6 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import transport_probe
 
 from chatkit import ChatStream, Client, Timeout, _portal, _sync
 from chatkit.providers import OpenAI
@@ -61,7 +62,7 @@ def on_loop(function: Callable[[], Any]) -> Any:
 
 
 def open_connections(client: Client) -> int:
-    return int(on_loop(client._async._transport.open_connections))
+    return int(on_loop(lambda: transport_probe.open_connections(client._async._transport)))
 
 
 def drain_loop() -> None:
@@ -203,12 +204,12 @@ def test_a_dropped_client_closes_its_connections(server: FakeOpenAIServer) -> No
     client = make_client(server)
     client.chat.completions.create(messages=HELLO)
     inner = client._async
-    assert on_loop(inner._transport.open_connections) == 1
+    assert on_loop(lambda: transport_probe.open_connections(inner._transport)) == 1
     del client
     gc.collect()
     drain_loop()
     assert inner.is_closed
-    assert on_loop(inner._transport.open_connections) == 0
+    assert on_loop(lambda: transport_probe.open_connections(inner._transport)) == 0
 
 
 def test_a_stream_keeps_its_client_alive(server: FakeOpenAIServer) -> None:

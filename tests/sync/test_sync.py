@@ -218,7 +218,7 @@ def test_error_status_keeps_its_type_and_the_original_frames(
     assert caught.value.status_code == 401
     # Raised on the loop thread, in the transport; re-raised here, in this test.
     assert raised_in(caught.value, "_transport.py")
-    assert any(name.endswith("tests/test_sync.py") for name in frames(caught.value))
+    assert any(name.endswith("tests/sync/test_sync.py") for name in frames(caught.value))
 
 
 def test_mid_stream_failure_arrives_after_the_chunks_before_it(

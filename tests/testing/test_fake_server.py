@@ -29,7 +29,7 @@ import pytest
 from chatkit.testing import Behavior, FakeOpenAIServer, RecordedRequest, _openai_server
 from chatkit.testing import __main__ as cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MESSAGES = [{"role": "user", "content": "Say hello to me"}]
 STREAM = {"model": "gpt-test", "messages": MESSAGES, "stream": True}
 NO_STREAM = {"model": "gpt-test", "messages": MESSAGES}

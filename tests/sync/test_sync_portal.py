@@ -160,7 +160,8 @@ def test_a_stream_from_another_process_is_left_alone() -> None:
 
 def test_the_fork_hook_abandons_the_parents_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     abandoned: list[Any] = []
-    parent = SimpleNamespace(pid=-1, abandon=lambda: abandoned.append(parent))
+    parent = SimpleNamespace(pid=-1)
+    parent.abandon = lambda: abandoned.append(parent)
     monkeypatch.setattr(_portal, "_current", parent)
     monkeypatch.setattr(_portal, "_orphans", [])
     monkeypatch.setattr(_portal, "_lock", _portal._lock)
@@ -171,8 +172,19 @@ def test_the_fork_hook_abandons_the_parents_loop(monkeypatch: pytest.MonkeyPatch
     assert _portal._lock is not old_lock
 
 
-def test_descriptors_of_a_loop_missing_pieces() -> None:
+def test_descriptors_of_a_closed_loop() -> None:
     closed = SimpleNamespace(get_extra_info=lambda name: None)
-    loop = SimpleNamespace(_transports={7: closed}, _selector=object(), _ssock=None, _csock=None)
+    loop = SimpleNamespace(_transports={7: closed}, _selector=None, _ssock=None, _csock=None)
+    _portal._check_fork_support(loop)  # type: ignore[arg-type]
     assert _portal._descriptors(loop) == set()  # type: ignore[arg-type]
-    assert _portal._descriptors(SimpleNamespace()) == set()  # type: ignore[arg-type]
+    real = asyncio.SelectorEventLoop()
+    real.close()
+    assert _portal._descriptors(real) == set()
+
+
+def test_a_loop_without_the_internals_the_fork_hook_reads_fails_loudly() -> None:
+    # Found when the loop thread starts, in the parent, not silently skipped
+    # in a forked child.
+    loop = SimpleNamespace(_transports={}, _selector=None)
+    with pytest.raises(RuntimeError, match=r"_ssock, _csock.*fork"):
+        _portal._check_fork_support(loop)  # type: ignore[arg-type]

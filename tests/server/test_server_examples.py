@@ -24,7 +24,7 @@ from chatkit.testing import Behavior, FakeOpenAIServer
 
 pytestmark = pytest.mark.anyio
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 WEB_EXAMPLES = ["aiohttp_handler.py", "starlette_sse.py"]
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sync_script.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sync_script.py"
 
 
 def test_sync_script_example_streams_from_a_server_process() -> None:
