@@ -92,10 +92,7 @@ def test_stream_interrupted_carries_text_and_cause() -> None:
 def test_retry_provider_error_exposes_exceptions() -> None:
     first = chatkit.RateLimitError("slow", status_code=429)
 
-    class Attempt:
-        def __init__(self, error: BaseException | None) -> None:
-            self.error = error
-
-    error = chatkit.RetryProviderError("all failed", attempts=[Attempt(first), Attempt(None)])
+    attempts = [chatkit.Attempt("P", 1, error=first), chatkit.Attempt("P", 2)]
+    error = chatkit.RetryProviderError("all failed", attempts=attempts)
     assert error.exceptions == [first]
     assert len(error.attempts) == 2

@@ -517,11 +517,11 @@ async def test_a_key_echoed_in_the_stream_never_reaches_the_error(frames: list[b
 async def test_retry_provider_members_get_the_model_their_prefix_names(
     server: FakeOpenAIServer,
 ) -> None:
-    from chatkit.providers import Anthropic, OpenAI
+    from chatkit.providers import Anthropic, OpenAI, Provider
     from chatkit.testing import FakeAnthropicServer
 
     async with FakeAnthropicServer(api_key="sk-ant") as anthropic:
-        members = [
+        members: list[Provider] = [
             Anthropic(base_url=anthropic.base_url, api_key="sk-ant"),
             OpenAI(base_url=server.base_url, api_key="sk"),
         ]

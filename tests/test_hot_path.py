@@ -199,7 +199,7 @@ def raw_sse_server(body: str) -> Iterator[str]:
         return response
 
     started = threading.Event()
-    stop: list[Callable[[], None]] = []
+    stop: list[Callable[[], object]] = []
     address: list[str] = []
 
     async def serve() -> None:

@@ -593,7 +593,7 @@ def test_wrong_credentials_raise_a_retryable_proxy_error(
     caplog.set_level(logging.DEBUG)
     proxy = socks5 if kind == "socks5" else http_proxy
     before = proxy.rejections
-    client = {"provider": provider_for(server), "max_retries": 1}
+    client: dict[str, Any] = {"provider": provider_for(server), "max_retries": 1}
     with pytest.raises(ProxyError) as caught:
         chat(mode, stream=True, proxy=proxy.proxy_url(password=WRONG), **client)
     error = caught.value
@@ -980,7 +980,8 @@ def test_env_proxies_follow_urllib(
     urllib_pick = urllib.request.getproxies_environment()
     expected = (
         None
-        if urllib.request.proxy_bypass_environment(host, urllib_pick)
+        # Undocumented, so typeshed does not declare it.
+        if urllib.request.proxy_bypass_environment(host, urllib_pick)  # type: ignore[attr-defined]
         else urllib_pick.get(scheme) or urllib_pick.get("all")
     )
     chosen = ProxySettings().for_url(target)

@@ -234,7 +234,7 @@ def test_copy_json_copies_every_level_and_keeps_foreign_types() -> None:
 
     from chatkit._request import copy_json
 
-    original = {"a": [1, {"b": (2, [3])}], "c": OrderedDict(x=[1]), "d": None}
+    original: dict[str, Any] = {"a": [1, {"b": (2, [3])}], "c": OrderedDict(x=[1]), "d": None}
     copied = copy_json(original)
     assert copied == original
     assert copied["a"] is not original["a"] and copied["a"][1] is not original["a"][1]

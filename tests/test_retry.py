@@ -10,7 +10,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypedDict
 
 import anyio
 import pytest
@@ -304,7 +304,14 @@ async def stream_all(provider: Any, **kwargs: Any) -> tuple[str, Any, list[ChatC
         return chat.text, chat, chunks
 
 
-FAST = {"backoff_base": 0.001, "backoff_max": 0.002}
+class Backoff(TypedDict):
+    """Keyword arguments for ``RetryProvider`` that make retries wait almost nothing."""
+
+    backoff_base: float
+    backoff_max: float
+
+
+FAST: Backoff = {"backoff_base": 0.001, "backoff_max": 0.002}
 
 
 # -- the client's single provider (no RetryProvider) -------------------------------

@@ -33,8 +33,12 @@ MESSAGES = [{"role": "user", "content": "Say hello"}]
 CLOSE = {"Connection": "close"}
 FAST = Timeout(connect=2.0, read=2.0, total=10.0)
 
+Client: type[chatkit.Client] | None
 try:
-    from chatkit import Client, _portal
+    from chatkit import Client as _SyncClient
+    from chatkit import _portal
+
+    Client = _SyncClient
 except ImportError:  # pragma: no cover - the sync facade is built in parallel
     Client = None
 

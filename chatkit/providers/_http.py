@@ -13,12 +13,14 @@ change with the built-in vendors.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
 from chatkit._errors import UnsupportedCapabilityError
 from chatkit._request import ChatRequest
 from chatkit._transport import HTTPCall
+from chatkit._types import ChatCompletionChunk
 from chatkit.providers._base import Capabilities
 from chatkit.providers._common import get_json, provider_repr, resolve_endpoint
 
@@ -27,7 +29,7 @@ __all__ = ["EVERYTHING", "HTTPProvider"]
 EVERYTHING = Capabilities()
 
 
-class HTTPProvider:
+class HTTPProvider(ABC):
     """Endpoint, headers, ``repr`` and ``check_request`` of a built-in HTTP provider.
 
     Subclasses set the class attributes, call ``super().__init__`` from their
@@ -39,6 +41,12 @@ class HTTPProvider:
 
     name: ClassVar[str]
     default_base_url: ClassVar[str]
+
+    # Declared here so that a list of built-in providers is a list of ``Provider``s.
+    @abstractmethod
+    def stream(self, request: ChatRequest, http: HTTPCall) -> AsyncIterator[ChatCompletionChunk]:
+        """The answer's chunks (see ``chatkit.providers.base``)."""
+
     api_key_env: ClassVar[tuple[str, ...]] = ()
     base_url_env: ClassVar[tuple[str, ...]] = ()
     default_model: str = ""

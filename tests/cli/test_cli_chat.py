@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-import pexpect
+import pexpect  # type: ignore[import-untyped]  # no stubs (types-pexpect) in the test extra
 import pytest
 
 from chatkit.testing import Behavior, FakeOpenAIServer

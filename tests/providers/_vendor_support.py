@@ -26,7 +26,7 @@ from chatkit.testing import FakeOpenAIServer, RecordedRequest
 HELLO = [{"role": "user", "content": "Hello"}]
 ANSWER = "Hello! How can I help you today?"  # what every fake server says by default
 PNG = "iVBORw0KGgoAAAANSUhEUg=="
-WEATHER_TOOL = {
+WEATHER_TOOL: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "get_weather",

@@ -305,7 +305,7 @@ async def test_tools_and_tool_choice(server: FakeAnthropicServer) -> None:
         {
             "name": "get_weather",
             "description": "Current weather for a city",
-            "input_schema": WEATHER_TOOL["function"]["parameters"],  # type: ignore[index]
+            "input_schema": WEATHER_TOOL["function"]["parameters"],
         },
         {"name": "now", "input_schema": {"type": "object", "properties": {}}, "strict": True},
         native,

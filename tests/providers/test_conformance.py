@@ -103,9 +103,10 @@ def read_openai(request: RecordedRequest) -> Sent:
     for message in body["messages"]:
         role, content = message["role"], message.get("content")
         texts: list[str] = []
-        for part in (
+        parts: list[dict[str, Any]] = (
             [{"type": "text", "text": content}] if isinstance(content, str) else content or []
-        ):
+        )
+        for part in parts:
             if part["type"] == "text":
                 texts.append(part["text"])
             elif part["type"] == "image_url":
@@ -135,7 +136,9 @@ def read_anthropic(request: RecordedRequest) -> Sent:
         sent.system = system if isinstance(system, str) else "".join(b["text"] for b in system)
     for message in body["messages"]:
         content = message["content"]
-        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        blocks: list[dict[str, Any]] = (
+            [{"type": "text", "text": content}] if isinstance(content, str) else content
+        )
         texts: list[str] = []
         for block in blocks:
             if block["type"] == "text":

@@ -490,11 +490,8 @@ async def test_tool_calls_in_answers(server: FakeGeminiServer) -> None:
     ]
     server.default = Behavior(text="", tool_calls=calls)
     result = await stream(server, tools=[WEATHER])
-    deltas = [
-        call
-        for chunk in result.chunks
-        for call in chunk.choices[0].delta.tool_calls or []  # type: ignore[attr-defined]
-    ]
+    chunks = result.chunks  # type: ignore[attr-defined]
+    deltas = [call for chunk in chunks for call in chunk.choices[0].delta.tool_calls or []]
     assert [(d.index, d.function.name, d.function.arguments) for d in deltas] == [
         (0, "get_weather", '{"city":"Paris"}'),
         (1, "get_time", "{}"),
@@ -573,7 +570,7 @@ async def test_blocked_prompt() -> None:
 
 
 async def test_parts_without_text_and_empty_events_are_skipped() -> None:
-    events = [
+    events: list[dict[str, Any]] = [
         {"candidates": [{"content": {"parts": [{"executableCode": {"code": "1"}}]}}]},
         {"usageMetadata": {"promptTokenCount": 1}},
         {

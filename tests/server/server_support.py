@@ -6,7 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -15,8 +15,11 @@ from chatkit.providers import OpenAI
 from chatkit.server import create_app, serve
 from chatkit.testing import FakeOpenAIServer
 
+if TYPE_CHECKING:  # the openai package is only a test dependency
+    from openai.types.chat import ChatCompletionMessageParam
+
 UPSTREAM_KEY = "sk-upstream-7f3a9c1e5b2d4068"
-MESSAGES = [{"role": "user", "content": "Hi"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
 
 
 @asynccontextmanager
@@ -29,7 +32,8 @@ async def running(
     task = asyncio.create_task(
         serve(app, host=host, port=port, on_ready=ready.set_result, stop=stop)
     )
-    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    started: set[asyncio.Future[Any]] = {task, ready}
+    await asyncio.wait(started, return_when=asyncio.FIRST_COMPLETED)
     if task.done():
         task.result()  # a start-up failure
     try:

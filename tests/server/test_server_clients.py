@@ -11,7 +11,7 @@ import asyncio
 import json
 import shutil
 import subprocess
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import openai
@@ -20,6 +20,9 @@ from server_support import MESSAGES, UPSTREAM_KEY, gateway, sse_events, streamed
 
 import chatkit
 from chatkit.testing import Behavior, FakeOpenAIServer
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 pytestmark = pytest.mark.anyio
 
@@ -100,10 +103,10 @@ async def test_openai_sees_statuses_as_its_own_error_types() -> None:
             upstream.fail(1, 404)
             with pytest.raises(openai.NotFoundError):
                 await client.chat.completions.create(model="m", messages=MESSAGES)
+            # Deliberately a role openai does not know: the gateway refuses it.
+            robot = cast("list[ChatCompletionMessageParam]", [{"role": "robot", "content": "Hi"}])
             with pytest.raises(openai.BadRequestError) as bad:
-                await client.chat.completions.create(
-                    model="m", messages=[{"role": "robot", "content": "Hi"}]
-                )
+                await client.chat.completions.create(model="m", messages=robot)
     assert denied.value.status_code == 401
     assert limited.value.response.headers["retry-after"] == "3"
     assert bad.value.body is not None
