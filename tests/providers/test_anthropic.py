@@ -705,15 +705,6 @@ async def test_error_event_after_content_interrupts(server: FakeAnthropicServer)
     assert len(server.requests) == 1
 
 
-async def test_dropped_stream_interrupts_with_the_partial_text(server: FakeAnthropicServer) -> None:
-    server.script(Behavior(drop_after=3))
-    async with client_for(server, max_retries=2) as client:
-        with pytest.raises(StreamInterrupted) as caught:
-            await collect(client.chat.completions.create(model="m", messages=HELLO, stream=True))
-    assert caught.value.partial_text == "Hello! How can"
-    assert isinstance(caught.value.cause, APIConnectionError)
-
-
 async def test_stream_without_message_stop_still_completes_after_stop_reason(
     server: FakeAnthropicServer,
 ) -> None:

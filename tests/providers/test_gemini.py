@@ -730,14 +730,6 @@ async def test_empty_stream_is_retried(server: FakeGeminiServer) -> None:
     assert "ended early" in str(error)
 
 
-async def test_dropped_stream(server: FakeGeminiServer) -> None:
-    server.script(Behavior(drop_after=3))
-    with pytest.raises(StreamInterrupted) as caught:
-        await stream(server, max_retries=2)
-    assert caught.value.partial_text == "Hello! How can"
-    assert isinstance(caught.value.cause, APIConnectionError)
-
-
 async def test_malformed_events(server: FakeGeminiServer) -> None:
     server.script(Behavior(malformed_after=0))
     with pytest.raises(ResponseDecodeError):

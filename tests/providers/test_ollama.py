@@ -629,13 +629,6 @@ async def test_error_line_mid_stream(server: FakeOllamaServer) -> None:
     assert len(server.requests) == 1
 
 
-async def test_error_line_before_content_is_retried(server: FakeOllamaServer) -> None:
-    server.script(Behavior(error_event_after=0))
-    result = await stream(server, max_retries=1)
-    assert result.text == ANSWER
-    assert isinstance(result.attempts[0].error, InternalServerError)
-
-
 async def test_stream_ending_without_its_done_line(server: FakeOllamaServer) -> None:
     server.script(Behavior(done=False))
     with pytest.raises(StreamInterrupted) as caught:
@@ -643,14 +636,6 @@ async def test_stream_ending_without_its_done_line(server: FakeOllamaServer) -> 
     assert caught.value.partial_text == ANSWER
     assert "done line" in str(caught.value)
     assert len(server.requests) == 1
-
-
-async def test_dropped_stream(server: FakeOllamaServer) -> None:
-    server.script(Behavior(drop_after=3))
-    with pytest.raises(StreamInterrupted) as caught:
-        await stream(server, max_retries=2)
-    assert caught.value.partial_text == "Hello! How can"
-    assert isinstance(caught.value.cause, APIConnectionError)
 
 
 async def test_fake_malformed_line_and_stall(server: FakeOllamaServer) -> None:
