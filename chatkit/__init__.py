@@ -12,6 +12,7 @@ block run, importing everything at once.
 
 from __future__ import annotations
 
+from types import ModuleType as _ModuleType
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -25,11 +26,15 @@ def _install_lazy_imports() -> bool:
     import importlib
 
     try:
-        with open(__file__, encoding="utf-8") as file:
-            source = file.read()
-    except OSError:  # a sourceless install: the block below imports everything now
-        return False
-    for node in ast.parse(source).body:
+        # The loader, not open(__file__): it also serves zips, and says None
+        # (rather than handing over bytecode) for a sourceless install.
+        source = __spec__.loader.get_source(__name__)  # type: ignore[union-attr]
+        tree = ast.parse(source) if source else None
+    except Exception:
+        tree = None
+    if tree is None:
+        return False  # the block below then imports everything now
+    for node in tree.body:
         if isinstance(node, ast.If) and isinstance(node.test, ast.BoolOp):
             for statement in node.body:
                 assert isinstance(statement, ast.ImportFrom) and statement.module is not None
@@ -108,9 +113,14 @@ if TYPE_CHECKING or not _install_lazy_imports():
     from chatkit._types import ToolCall as ToolCall
 
 # Lazily: the names the block lists; eagerly: the names it imported.
-_imported = {name for name in set(globals()) - _names_before if not name.startswith("_")}
+_imported = {
+    name
+    for name in set(globals()) - _names_before
+    # importing chatkit._x binds the subpackage "providers" too: not a name of ours
+    if not name.startswith("_") and not isinstance(globals()[name], _ModuleType)
+}
 __all__ = sorted({*_EXPORTS, *_imported, "__version__"})
-del _names_before, _imported
+del _names_before, _imported, _ModuleType
 
 
 def __dir__() -> list[str]:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chatkit._public import public
-
 __all__ = ["Attempt"]
 
 _MAX_REASON = 300
@@ -64,6 +62,3 @@ class Attempt:
         return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
     __str__ = describe
-
-
-public(Attempt)

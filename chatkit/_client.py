@@ -26,7 +26,6 @@ from chatkit._config import (
 )
 from chatkit._errors import ClientClosedError, InvalidRequestError, ResponseDecodeError
 from chatkit._proxy import ProxySettings
-from chatkit._public import public
 from chatkit._request import ChatRequest, build_request, check_headers, strict_json_schema
 from chatkit._retry import RetryingCall, RetryPolicy, own_retrying_call
 from chatkit._streaming import AsyncChatStream
@@ -421,6 +420,3 @@ class _Models:
         )
         http.start()
         return await chosen.list_models(http)
-
-
-public(AsyncClient)

@@ -7,13 +7,13 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeGuard, overload
+from typing import Any, Literal, TypeGuard, TypeVar, overload
 from urllib.parse import urlsplit, urlunsplit
 
-from chatkit._errors import InvalidRequestError
-from chatkit._public import public
+from chatkit._errors import APIError, APIStatusError, InvalidRequestError
 
 __all__ = [
+    "scrub_error",
     "DEFAULT_LIMITS",
     "DEFAULT_TIMEOUT",
     "Limits",
@@ -291,4 +291,22 @@ def header_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(found)
 
 
-public(Limits, Timeout)
+APIErrorT = TypeVar("APIErrorT", bound=APIError)
+
+
+def scrub_error(error: APIErrorT, secrets: tuple[str, ...]) -> APIErrorT:
+    """``error`` without the call's secrets: upstreams echo a bad key in their
+    401 body, in error events and in whatever a decode error quotes."""
+    if not secrets:
+        return error
+    error.message = scrub(error.message, secrets)
+    error.args = (error.message,)
+    if not isinstance(error, APIStatusError):
+        return error
+    error.body = scrub_tree(error.body, secrets)
+    error.headers = {name: scrub(value, secrets) for name, value in error.headers.items()}
+    for name in ("code", "param", "type", "request_id"):
+        value = getattr(error, name)
+        if value is not None:
+            setattr(error, name, scrub(value, secrets))
+    return error

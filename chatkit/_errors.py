@@ -91,7 +91,9 @@ class ChatkitError(Exception):
     (``chatkit.Attempt``); empty for an error raised before any attempt.
     """
 
-    attempts: Sequence[Attempt] = ()
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.attempts: list[Attempt] = []
 
     def __reduce__(self) -> tuple[Any, ...]:
         # BaseException pickles as cls(*args), which loses (or, for a status
@@ -162,7 +164,6 @@ class APIError(ChatkitError):
         super().__init__(message)
         self.message = message
         self.provider = provider
-        self.attempts: Sequence[Attempt] = []
 
 
 class APIStatusError(APIError):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -88,7 +87,11 @@ class Permit:
     def release_soon(self) -> None:
         """``release``, from any thread (``HTTPCall.abort`` may run in ``__del__``)."""
         loop = self.pool.loop
-        if threading.get_ident() == getattr(loop, "_thread_id", None):
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread (__del__ elsewhere)
+            running = None
+        if running is loop:
             self.release()
         elif not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile

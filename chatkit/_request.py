@@ -16,7 +16,6 @@ from typing import Any
 
 from chatkit._config import Timeout, check_header_value, coerce_timeout
 from chatkit._errors import InvalidRequestError
-from chatkit._public import public
 
 __all__ = [
     "OPENAI_PARAMS",
@@ -444,6 +443,3 @@ def _resolve_ref(root: dict[str, Any], ref: str) -> dict[str, Any]:
     if not isinstance(target, dict):
         raise field_error(f"cannot resolve $ref {ref!r} in the schema", "response_format")
     return dict(target)
-
-
-public(ChatRequest)

@@ -48,7 +48,6 @@ from chatkit._errors import (
     StreamInterrupted,
     UnsupportedCapabilityError,
 )
-from chatkit._public import public
 from chatkit._request import ChatRequest
 from chatkit._transport import HTTPCall
 from chatkit._types import ChatCompletion, ChatCompletionChunk, set_provider
@@ -589,6 +588,3 @@ async def _close_quietly(agen: AsyncIterator[ChatCompletionChunk]) -> None:
         return
     with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
         await agen.aclose()
-
-
-public(RetryPolicy)

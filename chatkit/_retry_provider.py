@@ -19,7 +19,6 @@ from chatkit._aliases import ProviderSpec
 from chatkit._attempt import Attempt
 from chatkit._config import is_number
 from chatkit._errors import InvalidRequestError
-from chatkit._public import public
 from chatkit._request import ChatRequest
 from chatkit._retry import RetryingCall, RetryPolicy
 from chatkit._transport import HTTPCall
@@ -207,6 +206,3 @@ class RetryProvider(IterListProvider):
         return (
             f", single_provider_retry={self.single_provider_retry}, max_retries={self.max_retries}"
         )
-
-
-public(IterListProvider, RetryProvider)

@@ -15,16 +15,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from chatkit._assemble import CompletionBuilder
+from chatkit._attempt import Attempt
 from chatkit._errors import StreamInterrupted
-from chatkit._public import public
 from chatkit._types import ChatCompletion, ChatCompletionChunk, CompletionUsage
 from chatkit.providers._base import SupportsAclose
-
-if TYPE_CHECKING:
-    from chatkit._attempt import Attempt
 
 __all__ = ["AsyncChatStream", "StreamResults"]
 
@@ -187,6 +184,3 @@ class AsyncChatStream(StreamResults):
 
 def _ignore(chunk: ChatCompletionChunk) -> None:
     pass
-
-
-public(AsyncChatStream)

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 from chatkit import _portal
 from chatkit._aliases import ProviderSpec, TimeoutTypes
 from chatkit._assemble import CompletionBuilder
+from chatkit._attempt import Attempt
 from chatkit._client import AsyncClient
 from chatkit._config import DEFAULT_LIMITS, Limits, Timeout
 from chatkit._errors import StreamInterrupted
-from chatkit._public import public
 from chatkit._streaming import StreamResults
 from chatkit._types import ChatCompletion, ChatCompletionChunk, Model
 from chatkit.providers._base import Provider
@@ -40,7 +40,6 @@ from chatkit.providers._base import Provider
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from chatkit._attempt import Attempt
     from chatkit._streaming import AsyncChatStream
 
 __all__ = ["ChatStream", "Client"]
@@ -433,6 +432,3 @@ def _close_clients_at_exit() -> None:
 
 
 atexit.register(_close_clients_at_exit)
-
-
-public(ChatStream, Client)

@@ -24,7 +24,7 @@ import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from chatkit._config import (
     DEFAULT_LIMITS,
@@ -36,12 +36,11 @@ from chatkit._config import (
     is_secret_header,
     safe_cause,
     scrub,
-    scrub_tree,
+    scrub_error,
 )
 from chatkit._errors import (
     APIConnectionError,
     APIError,
-    APIStatusError,
     APITimeoutError,
     ClientClosedError,
     InvalidRequestError,
@@ -64,13 +63,12 @@ __all__ = [
     "MAX_ERROR_BODY_SIZE",
     "MAX_REDIRECTS",
     "HTTPCall",
+    "HTTPClient",
     "HTTPResponse",
     "RedactedCause",
     "Transport",
     "dumps",
 ]
-
-APIErrorT = TypeVar("APIErrorT", bound=APIError)
 
 # Caps on DECODED (decompressed) sizes, enforced while reading, so that a
 # small gzip bomb never inflates into memory.
@@ -343,20 +341,24 @@ def _close_soon(session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop)
     disconnect now rather than at garbage collection.
     """
     if not loop.is_closed():
-        asyncio.run_coroutine_threadsafe(_close_session(session), loop)
-        return
+        try:
+            # A callback, not a coroutine: on a loop that is open but idle (a
+            # run_until_complete user) it waits for the next run without
+            # leaving a never-awaited coroutine behind.
+            loop.call_soon_threadsafe(_start_closing, session)
+            return
+        except RuntimeError:  # the loop closed meanwhile
+            pass
     connector = session.connector
     session.detach()  # the session now reads as closed and never touches the connector
     if connector is not None and not connector.closed:
         _close_sockets(connector)
 
 
-async def _close_session(session: aiohttp.ClientSession) -> None:
-    task = asyncio.current_task()
-    if task is not None:  # pragma: no branch - always run as a task
-        _closing.add(task)
-        task.add_done_callback(_closing.discard)
-    await session.close()
+def _start_closing(session: aiohttp.ClientSession) -> None:
+    task = asyncio.get_running_loop().create_task(session.close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
 
 
 def _close_sockets(connector: aiohttp.BaseConnector) -> None:
@@ -569,7 +571,7 @@ class HTTPCall:
         """Remove this call's secrets from a chatkit error a provider raised
         (an error event, a decode error quoting the body), in place."""
         if isinstance(error, APIError):
-            _scrub_error(error, self._secrets(self._current_proxy))
+            scrub_error(error, self._secrets(self._current_proxy))
 
     def _secrets(self, proxy: ProxyURL | None) -> tuple[str, ...]:
         """Every secret of this call: its credential headers and proxy passwords."""
@@ -595,7 +597,7 @@ class HTTPCall:
         error = error_from_status(
             raw.status, await _error_body(raw), dict(raw.headers), provider=provider
         )
-        return _scrub_error(error, self._secrets(proxy))
+        return scrub_error(error, self._secrets(proxy))
 
     def translate(
         self,
@@ -630,22 +632,9 @@ class HTTPCall:
         return error
 
 
-def _scrub_error(error: APIErrorT, secrets: tuple[str, ...]) -> APIErrorT:
-    """``error`` without the call's secrets: upstreams echo a bad key in their
-    401 body, in error events and in whatever a decode error quotes."""
-    if not secrets:
-        return error
-    error.message = scrub(error.message, secrets)
-    error.args = (error.message,)
-    if not isinstance(error, APIStatusError):
-        return error
-    error.body = scrub_tree(error.body, secrets)
-    error.headers = {name: scrub(value, secrets) for name, value in error.headers.items()}
-    for name in ("code", "param", "type", "request_id"):
-        value = getattr(error, name)
-        if value is not None:
-            setattr(error, name, scrub(value, secrets))
-    return error
+# The name before 0.2; third-party providers written against it keep working.
+# New code imports ``HTTPCall`` from ``chatkit.providers.base``.
+HTTPClient = HTTPCall
 
 
 async def _error_body(raw: aiohttp.ClientResponse) -> bytes:

@@ -7,14 +7,11 @@ with ``model_validate_json``; no dict round-trips on the hot path.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
-from chatkit._public import public
-
-if TYPE_CHECKING:
-    from chatkit._attempt import Attempt
+from chatkit._attempt import Attempt
 
 __all__ = [
     "ChatCompletion",
@@ -184,19 +181,3 @@ class Model(_Wire):
 def set_provider(obj: ChatCompletionChunk | ChatCompletion, provider: str | None) -> None:
     """Stamp who answered, bypassing validation: this runs once per chunk."""
     obj.__dict__["provider"] = provider
-
-
-public(
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionMessage,
-    Choice,
-    ChoiceDelta,
-    ChoiceDeltaToolCall,
-    ChunkChoice,
-    CompletionTokensDetails,
-    CompletionUsage,
-    Model,
-    PromptTokensDetails,
-    ToolCall,
-)

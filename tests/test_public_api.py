@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import os
 import pickle
+import shutil
 import subprocess
 import sys
 import types
+import typing
 from pathlib import Path
 
 import pydantic
@@ -50,10 +53,10 @@ def test_every_public_error_is_exported() -> None:
             assert name in chatkit.__all__, name
 
 
-def test_public_classes_are_named_chatkit_from_the_moment_they_exist() -> None:
+def test_public_errors_are_named_chatkit_from_the_moment_they_exist() -> None:
     # In a fresh process, importing the private modules directly (never
-    # through chatkit.X): the classes already say chatkit.X, and no class
-    # chatkit does not export claims to be chatkit's (pickles would break).
+    # through chatkit.X): the exported errors already say chatkit.X (for
+    # tracebacks), and nothing else claims to be chatkit's.
     modules = sorted(set(chatkit._EXPORTS.values()))
     code = (
         "import importlib, sys\n"
@@ -68,8 +71,38 @@ def test_public_classes_are_named_chatkit_from_the_moment_they_exist() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     claimed, public = out.stdout.splitlines()
-    assert claimed == public
-    assert "RateLimitError" in claimed and "ChatCompletion" in claimed and "Client" in claimed
+    errors = sorted(
+        name for name in eval(public) if issubclass(getattr(chatkit, name), BaseException)
+    )
+    assert eval(claimed) == errors
+    assert "RateLimitError" in errors and "Client" not in errors
+
+
+def test_every_public_class_has_resolvable_type_hints() -> None:
+    for name in chatkit.__all__:
+        value = getattr(chatkit, name)
+        if isinstance(value, type):
+            typing.get_type_hints(value)  # raises NameError on an unresolvable name
+
+
+def test_a_sourceless_install_imports(tmp_path: Path) -> None:
+    # Only .pyc files, as compileall -b leaves them: the loader has no source,
+    # and the package imports everything at once instead of lazily.
+    package = tmp_path / "chatkit"
+    shutil.copytree(Path(chatkit.__file__).parent, package)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-b", str(package)], check=True)
+    for source in package.rglob("*.py"):
+        source.unlink()
+    code = "import chatkit\nprint(len(chatkit.__all__), chatkit.Client.__name__)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert out.stdout.split() == [str(len(chatkit.__all__)), "Client"]
 
 
 def test_a_traceback_names_the_public_error() -> None:

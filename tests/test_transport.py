@@ -569,6 +569,48 @@ def test_sockets_of_a_dead_loop_are_closed_and_the_session_detached() -> None:
         asyncio.run(transport.aclose())
 
 
+def test_a_session_of_an_idle_loop_is_closed_when_that_loop_runs_again() -> None:
+    # A run_until_complete user: the loop is open but not running when the
+    # transport is closed from another loop. Nothing may warn (no coroutine
+    # left never awaited); the session closes on the loop's next run.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        transport = Transport()
+        idle = asyncio.new_event_loop()
+        try:
+
+            async def connect() -> aiohttp.ClientSession:
+                session = transport._session(None)
+                assert session.connector is not None
+                conn = await session.connector.connect(
+                    aiohttp.ClientRequest("GET", yarl.URL(f"http://127.0.0.1:{port}/")),
+                    [],
+                    aiohttp.ClientTimeout(total=5),
+                )
+                conn.release()
+                return session
+
+            session = idle.run_until_complete(connect())
+            accepted, _ = listener.accept()
+            with accepted:
+                asyncio.run(transport.aclose())  # from another loop, while `idle` idles
+                assert not session.closed
+
+                async def settle() -> None:
+                    await asyncio.sleep(0)  # the scheduled callback starts the close
+                    others = asyncio.all_tasks() - {asyncio.current_task()}
+                    await asyncio.gather(*others)
+
+                idle.run_until_complete(settle())
+                assert session.closed
+                accepted.settimeout(5)
+                assert accepted.recv(1) == b""
+        finally:
+            idle.close()
+
+
 def test_aiohttp_internals_that_are_gone_fail_loudly() -> None:
     with pytest.raises(RuntimeError, match=r"BaseConnector.*_conns.*report"):
         connections(object())  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ from chatkit._errors import MissingAuthError, ModelNotFoundError
 from chatkit._request import ChatRequest
 from chatkit._transport import HTTPCall
 from chatkit._types import ChatCompletion, ChatCompletionChunk
-from chatkit.providers._base import Capabilities
+from chatkit.providers._base import Capabilities, SupportsAclose
 from chatkit.providers.openai import OpenAI
 
 __all__ = ["PRESETS", "AzureOpenAI", "LocalServer", "preset"]
@@ -67,9 +67,8 @@ class LocalServer(OpenAI):
                 yield chunk
         finally:
             # Closing this stream closes the upstream one at once, not at GC.
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            if isinstance(chunks, SupportsAclose):
+                await chunks.aclose()
 
     async def complete(self, request: ChatRequest, http: HTTPCall) -> ChatCompletion:
         return await super().complete(await self._with_model(request, http), http)
