@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from chatkit._config import env_value
 from chatkit._errors import InvalidRequestError, MissingAuthError, ProviderNotFoundError
-from chatkit.providers._base import Provider, is_provider_class, provider_name
+from chatkit.providers._base import (
+    DeclaresKeyVariables,
+    Provider,
+    ReportsAvailable,
+    ReportsConfigured,
+    is_provider_class,
+    provider_name,
+)
 from chatkit.providers.anthropic import Anthropic
 from chatkit.providers.gemini import Gemini
 from chatkit.providers.local import Local
@@ -159,11 +166,13 @@ def _load_entry_point(name: str) -> type[Provider] | None:
 
 def is_configured(cls: type) -> bool:
     """Whether ``cls`` can be used as it is: its key is set, or it says so itself."""
-    check = getattr(cls, "is_configured", None) or getattr(cls, "is_available", None)
-    if callable(check):
-        return bool(check())
-    variables = getattr(cls, "api_key_env", ())
-    return bool(variables) and env_value(*variables) is not None
+    if isinstance(cls, ReportsConfigured):
+        return bool(cls.is_configured())
+    if isinstance(cls, ReportsAvailable):
+        return bool(cls.is_available())
+    if isinstance(cls, DeclaresKeyVariables) and cls.api_key_env:
+        return env_value(*cls.api_key_env) is not None
+    return False
 
 
 def default_provider_class() -> type[Provider]:

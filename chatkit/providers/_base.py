@@ -105,6 +105,27 @@ class SupportsAclose(Protocol):
 
 
 @runtime_checkable
+class ReportsConfigured(Protocol):
+    """A provider class that says itself whether it can be used as it is."""
+
+    def is_configured(self) -> bool: ...
+
+
+@runtime_checkable
+class ReportsAvailable(Protocol):
+    """The same, for a provider that needs no key but something local (``Local``)."""
+
+    def is_available(self) -> bool: ...
+
+
+@runtime_checkable
+class DeclaresKeyVariables(Protocol):
+    """A provider class whose key comes from one of these environment variables."""
+
+    api_key_env: tuple[str, ...]
+
+
+@runtime_checkable
 class _Named(Protocol):
     name: str
 
