@@ -25,9 +25,18 @@ from chatkit._config import (
     coerce_timeout,
 )
 from chatkit._errors import ClientClosedError, InvalidRequestError, ResponseDecodeError
+from chatkit._health import (
+    CircuitBreaker,
+    ProviderHealth,
+    StateStore,
+    check_state,
+    health_of,
+    provider_identity,
+)
 from chatkit._proxy import ProxySettings
 from chatkit._request import ChatRequest, build_request, check_headers, strict_json_schema
 from chatkit._retry import RetryingCall, RetryPolicy, own_retrying_call
+from chatkit._retry_provider import IterListProvider
 from chatkit._streaming import AsyncChatStream
 from chatkit._transport import HTTPCall, Transport
 from chatkit._types import ChatCompletion, Model
@@ -86,6 +95,9 @@ class AsyncClient:
     ``"mistral:7b"`` stays whole); see ``chatkit.providers.model_for``.
 
     ``limits`` caps the connections the client keeps open (``chatkit.Limits``).
+    ``breaker`` (a ``CircuitBreaker``, or ``True`` for the defaults) skips a
+    provider that keeps failing, for its single provider; a ``RetryProvider``
+    takes its own. ``state`` is where that health lives (in memory by default).
     A closed client raises ``ClientClosedError`` at once for every new call.
     """
 
@@ -102,8 +114,12 @@ class AsyncClient:
         default_headers: Mapping[str, str] | None = None,
         trust_env: bool = True,
         limits: Limits = DEFAULT_LIMITS,
+        breaker: CircuitBreaker | bool | None = None,
+        state: StateStore | None = None,
     ) -> None:
         self._api_key = _check_api_key(api_key)
+        self._breaker = CircuitBreaker.coerce(breaker)
+        self._state = check_state(state)
         self._base_url = check_base_url(base_url) if base_url is not None else None
         self._timeout = coerce_timeout(timeout) or DEFAULT_TIMEOUT
         self._policy = RetryPolicy(max_retries=max_retries)
@@ -129,6 +145,20 @@ class AsyncClient:
     @property
     def max_retries(self) -> int:
         return self._policy.max_retries
+
+    def health(self) -> list[ProviderHealth]:
+        """Per provider: breaker state, failures in the window, open until, in flight.
+
+        A ``RetryProvider`` reports each member; a client whose provider is
+        chosen per call reports nothing.
+        """
+        provider = self._provider
+        if isinstance(provider, IterListProvider):
+            return provider.health()
+        if provider is None:
+            return []
+        identity = provider_identity(provider)
+        return [health_of(provider_name(provider), identity, self._state, self._breaker)]
 
     @property
     def timeout(self) -> Timeout:
@@ -210,7 +240,13 @@ class AsyncClient:
         call = own_retrying_call(provider, request, http)
         if call is None:
             call = RetryingCall(
-                [provider], request, http, self._policy, label=str(provider_name(provider))
+                [provider],
+                request,
+                http,
+                self._policy,
+                label=str(provider_name(provider)),
+                breaker=self._breaker,
+                state=self._state if self._breaker is not None else None,
             )
         return call, http
 

@@ -20,34 +20,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import email.utils
 import logging
-import math
-import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeAlias, TypeVar, runtime_checkable
+from typing import Protocol, TypeAlias, TypeVar, runtime_checkable
 
 import anyio
 
 from chatkit._assemble import CompletionBuilder
 from chatkit._attempt import Attempt
-from chatkit._config import is_number
 from chatkit._errors import (
     APIConnectionError,
-    APIStatusError,
     APITimeoutError,
     ChatkitError,
     ClientClosedError,
     InvalidRequestError,
     MissingAuthError,
-    PoolTimeoutError,
     RetryNoProviderError,
     RetryProviderError,
     StreamInterrupted,
     UnsupportedCapabilityError,
 )
+from chatkit._health import CircuitBreaker, CircuitOpenError, StateStore, provider_identity
+from chatkit._policy import RetryPolicy
 from chatkit._request import ChatRequest
 from chatkit._transport import HTTPCall
 from chatkit._types import ChatCompletion, ChatCompletionChunk, set_provider
@@ -64,141 +60,7 @@ __all__ = ["Attempt", "RetryPolicy", "RetryingCall", "RetryingProvider"]
 
 logger = logging.getLogger("chatkit")
 
-Decision = Literal["retry", "next"]
 T = TypeVar("T")
-
-_RETRY_STATUSES = frozenset({408, 409, 429})
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """When to retry on the same provider, and how long to wait first.
-
-    max_retries: retries per provider after its first attempt (so at most
-        ``max_retries + 1`` attempts of one provider).
-    backoff_base / backoff_max: exponential backoff ``base * 2**n`` capped at
-        ``backoff_max``, with full jitter (a uniform draw from 0 to that).
-    retry_after_max: the longest ``Retry-After`` / ``retry-after-ms`` honoured;
-        a longer hint moves on to the next provider instead of sleeping.
-    retry_statuses: statuses retried besides every 5xx.
-    retry_on: an optional classifier consulted first: it returns True (retry
-        on the same provider), False (move on to the next) or None (use the
-        rules above).
-    """
-
-    max_retries: int = 2
-    backoff_base: float = 0.5
-    backoff_max: float = 8.0
-    retry_after_max: float = 60.0
-    retry_statuses: frozenset[int] = _RETRY_STATUSES
-    retry_on: Callable[[BaseException], bool | None] | None = None
-
-    def __post_init__(self) -> None:
-        if not is_number(self.max_retries, integer=True) or self.max_retries < 0:
-            raise InvalidRequestError(
-                f"max_retries must be an integer >= 0, got {self.max_retries!r}",
-                field="max_retries",
-            )
-        for name, value in (
-            ("backoff_base", self.backoff_base),
-            ("backoff_max", self.backoff_max),
-            ("retry_after_max", self.retry_after_max),
-        ):
-            if not is_number(value) or value < 0:
-                raise InvalidRequestError(f"{name} must be a number >= 0", field=name)
-        if self.retry_on is not None and not callable(self.retry_on):
-            raise InvalidRequestError("retry_on must be a callable or None", field="retry_on")
-
-    def decide(self, error: BaseException) -> Decision:
-        """``"retry"`` if the same provider may succeed later, else ``"next"``."""
-        if self.retry_on is not None:
-            verdict = self.retry_on(error)
-            if verdict is not None:
-                return "retry" if verdict else "next"
-        if isinstance(error, APIStatusError):
-            hint = _header(error, "x-should-retry")
-            if hint in ("true", "false"):
-                return "retry" if hint == "true" else "next"
-            status = error.status_code
-            return "retry" if status in self.retry_statuses or status >= 500 else "next"
-        if isinstance(error, PoolTimeoutError):
-            # Every connection to this host is busy: waiting again for the same
-            # pool would only starve the fallback to another host.
-            return "next"
-        # Third-party providers may raise the builtin kinds rather than chatkit's.
-        if isinstance(error, APIConnectionError | TimeoutError | ConnectionError):
-            return "retry"
-        return "next"
-
-    def backoff(self, retry: int) -> float:
-        """Full-jitter exponential backoff before retry number ``retry`` (0-based)."""
-        ceiling = min(self.backoff_max, self.backoff_base * (2**retry))
-        return random.uniform(0.0, ceiling)
-
-    def retry_after(self, error: BaseException) -> float | None:
-        """The server's wait hint in seconds, if it sent a usable one.
-
-        ``nan`` and ``inf`` are no hint at all: the backoff applies.
-        """
-        millis = _finite(_header(error, "retry-after-ms"))
-        if millis is not None:
-            return max(millis / 1000.0, 0.0)
-        value = _header(error, "retry-after")
-        if value is None:
-            return None
-        seconds = _finite(value)
-        if seconds is not None:
-            return max(seconds, 0.0)
-        if _is_number(value):
-            return None
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(when.timestamp() - time.time(), 0.0)
-
-    def delay(self, error: BaseException, retry: int, remaining: float | None) -> float | None:
-        """Seconds to sleep before retrying, or None to move on to the next provider."""
-        hint = self.retry_after(error)
-        if hint is not None:
-            if hint > self.retry_after_max:
-                return None
-            wait = hint
-        else:
-            wait = self.backoff(retry)
-        if remaining is not None and wait >= remaining:
-            return None
-        return wait
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _finite(text: str | None) -> float | None:
-    if text is None or not _is_number(text):
-        return None
-    value = float(text)
-    return value if math.isfinite(value) else None
-
-
-@runtime_checkable
-class _WithHeaders(Protocol):
-    # chatkit's status errors, and a third-party provider's own errors alike.
-    headers: Mapping[str, object] | None
-
-
-def _header(error: BaseException, name: str) -> str | None:
-    if not isinstance(error, _WithHeaders) or not error.headers:
-        return None
-    for key, value in error.headers.items():
-        if key.lower() == name:
-            return str(value).strip().lower()
-    return None
 
 
 # Nothing was sent: the provider cannot take this call at all, so it is skipped.
@@ -264,10 +126,13 @@ class RetryingCall:
     provider: str | None = None
     timeout: float | None = None
     route_models: bool = False
+    breaker: CircuitBreaker | None = None
+    state: StateStore | None = None
     _parent: RetryingCall | None = field(default=None, init=False, repr=False)
     _deadline: float | None = field(default=None, init=False, repr=False)
     _first: int = field(default=0, init=False, repr=False)
     _timed_out: bool = field(default=False, init=False, repr=False)
+    _half_opens: float | None = field(default=None, init=False, repr=False)
 
     # -- bookkeeping ---------------------------------------------------------
 
@@ -338,6 +203,22 @@ class RetryingCall:
         if self.timeout is not None and self._deadline is None:
             self._deadline = loop.time() + self.timeout
         self._first = len(self.attempts)
+        for _ in range(2):  # a second round only after waiting for a circuit to half-open
+            result = await self._round(try_once)
+            if result is not _NOTHING:
+                return result  # type: ignore[return-value]
+            wait = self._wait_for_half_open()
+            if wait is None:
+                break
+            await anyio.sleep(wait)
+        raise self._failure()
+
+    async def _round(
+        self, try_once: Callable[[_Runnable, str, ChatRequest], Awaitable[T]]
+    ) -> T | object:
+        """Every candidate once (with its retries); ``_NOTHING`` when none answered."""
+        loop = asyncio.get_running_loop()
+        self._half_opens = None
         for candidate in self.candidates:
             if self._out_of_time():
                 break
@@ -349,15 +230,20 @@ class RetryingCall:
             name = provider.label if isinstance(provider, RetryingCall) else provider_name(provider)
             retry = 0
             while True:
+                gate = await self._admit(provider, name)
+                if gate is _CLOSED_GATE:
+                    break
                 attempt = Attempt(name, len(self.attempts) + 1, retry)
                 started = loop.time()
                 try:
                     result = await try_once(provider, name, request)
                 except _SKIP_ERRORS as exc:
+                    await self._release(gate, None)
                     self._skip(name, exc)
                     break
                 except ClientClosedError as exc:
                     # Nothing can succeed on a closed client: no retry, no fallback.
+                    await self._release(gate, None)
                     attempt.error = exc
                     attempt.duration = loop.time() - started
                     self._record(attempt)
@@ -367,7 +253,9 @@ class RetryingCall:
                     error: Exception = exc
                     attempt.duration = loop.time() - started
                     self.http.scrub(error)
+                    await self._release(gate, error)
                 else:
+                    await self._release(gate, None)
                     if not isinstance(provider, RetryingCall):
                         attempt.duration = loop.time() - started
                         self._record(attempt)
@@ -388,7 +276,72 @@ class RetryingCall:
                     break
                 await anyio.sleep(attempt.delay)
                 retry += 1
-        raise self._failure()
+        return _NOTHING
+
+    # -- provider health -----------------------------------------------------
+
+    async def _admit(self, provider: _Runnable, name: str) -> _Gate | object | None:
+        """Ask the breaker whether ``provider`` may be tried now.
+
+        Returns None (no health tracking), a gate to release once the attempt
+        ended, or ``_CLOSED_GATE`` when the provider is skipped (recorded here).
+        """
+        state = self.state
+        if state is None or isinstance(provider, RetryingCall):
+            return None
+        identity = provider_identity(provider)
+        probe = False
+        breaker = self.breaker
+        if breaker is not None:
+            now = breaker.now()
+            admission = await state.admit(identity, breaker, now)
+            if not admission.allowed:
+                self._skip(name, _circuit_open(name, admission.open_until, now))
+                if admission.open_until is not None:
+                    earliest = self._half_opens
+                    self._half_opens = (
+                        admission.open_until
+                        if earliest is None
+                        else min(earliest, admission.open_until)
+                    )
+                return _CLOSED_GATE
+            probe = admission.probe
+        state.call_started(identity)
+        return _Gate(identity, probe)
+
+    async def _release(self, gate: _Gate | object | None, error: Exception | None) -> None:
+        if not isinstance(gate, _Gate) or self.state is None:
+            return
+        self.state.call_ended(gate.identity)
+        breaker = self.breaker
+        if breaker is None:
+            return
+        failed = error is not None and not isinstance(error, ClientClosedError)
+        failed = failed and self.policy.decide(error) == "retry"  # type: ignore[arg-type]
+        retry_after = self.policy.retry_after(error) if failed and error is not None else None
+        await self.state.record(
+            gate.identity,
+            breaker,
+            failed=failed,
+            probe=gate.probe,
+            now=breaker.now(),
+            retry_after=retry_after,
+        )
+
+    def _wait_for_half_open(self) -> float | None:
+        """Seconds to wait for the earliest circuit to half-open, when every
+        provider was skipped as open and the call's deadline allows it."""
+        earliest, breaker = self._half_opens, self.breaker
+        if earliest is None or breaker is None:
+            return None
+        mine = self.attempts[self._first :]
+        if not mine or not all(isinstance(a.error, CircuitOpenError) for a in mine):
+            return None
+        wait = max(earliest - breaker.now(), 0.0)
+        remaining = self._remaining()
+        if remaining is not None and wait >= remaining:
+            return None
+        return wait
 
     def _skip(self, name: str, error: BaseException) -> None:
         self._record(Attempt(name, len(self.attempts) + 1, error=error, skipped=True))
@@ -404,7 +357,9 @@ class RetryingCall:
             _attach_attempts(error, self.attempts)
             return error
         if not tried:
-            if not self.aggregate and mine and mine[-1].error is not None:
+            # Every provider's circuit open: say when each half-opens (below).
+            circuits_open = bool(mine) and all(isinstance(a.error, CircuitOpenError) for a in mine)
+            if not self.aggregate and mine and mine[-1].error is not None and not circuits_open:
                 _attach_attempts(mine[-1].error, self.attempts)
                 return mine[-1].error
             if lines:
@@ -561,6 +516,23 @@ async def _time_limit(limit: float | None, name: str, message: str) -> AsyncIter
             raise
         # Formatted only now: ``limit`` is a number whenever the scope expired.
         raise APITimeoutError(f"{name}: {message.format(limit=limit)}", provider=name) from exc
+
+
+_NOTHING = object()
+_CLOSED_GATE = object()
+
+
+@dataclass(frozen=True)
+class _Gate:
+    identity: str
+    probe: bool
+
+
+def _circuit_open(name: str, open_until: float | None, now: float) -> CircuitOpenError:
+    if open_until is None:
+        return CircuitOpenError(f"{name}: circuit half-open, its probe is in flight", provider=name)
+    when = time.strftime("%H:%M:%S", time.localtime(time.time() + open_until - now))
+    return CircuitOpenError(f"{name}: circuit open until {when}", provider=name)
 
 
 def _attach_attempts(error: BaseException, attempts: list[Attempt]) -> None:

@@ -19,6 +19,14 @@ from chatkit._aliases import ProviderSpec
 from chatkit._attempt import Attempt
 from chatkit._config import is_number
 from chatkit._errors import InvalidRequestError
+from chatkit._health import (
+    CircuitBreaker,
+    ProviderHealth,
+    StateStore,
+    check_state,
+    health_of,
+    provider_identity,
+)
 from chatkit._request import ChatRequest
 from chatkit._retry import RetryingCall, RetryPolicy
 from chatkit._transport import HTTPCall
@@ -62,6 +70,18 @@ def _check_timeout(timeout: object) -> float | None:
     return float(timeout)
 
 
+def _instance(spec: object) -> object | None:
+    """A member as an instance (health of a class member needs its key): None
+    when it cannot be built here (no key in the environment)."""
+    if not isinstance(spec, type):
+        return spec
+    try:
+        built: object = spec()
+    except Exception:  # a member that cannot be built has no health yet
+        return None
+    return built
+
+
 class IterListProvider:
     """Try each provider once, in order, until one answers (a fallback chain).
 
@@ -75,6 +95,9 @@ class IterListProvider:
     on_attempt: called with an ``Attempt`` after each attempt (and each
         skipped provider), for logging and metrics.
     name: shown in errors and logs.
+    breaker: a ``CircuitBreaker`` per member (``True``: the defaults; ``None``,
+        the default: off). A member whose circuit is open is skipped without I/O.
+    state: where health lives (``InMemoryStore`` of this provider by default).
     """
 
     name: str = "IterListProvider"
@@ -88,8 +111,12 @@ class IterListProvider:
         timeout: float | None = None,
         on_attempt: AttemptHook | None = None,
         name: str | None = None,
+        breaker: CircuitBreaker | bool | None = None,
+        state: StateStore | None = None,
     ) -> None:
         self.providers = _check_providers(providers)
+        self.breaker = CircuitBreaker.coerce(breaker)
+        self.state = check_state(state)
         self.shuffle = bool(shuffle)
         self.timeout = _check_timeout(timeout)
         if on_attempt is not None and not callable(on_attempt):
@@ -129,7 +156,17 @@ class IterListProvider:
             label=self.name,
             timeout=self.timeout,
             route_models=True,
+            breaker=self.breaker,
+            state=self.state if self.breaker is not None else None,
         )
+
+    def health(self) -> list[ProviderHealth]:
+        """Each member's health: breaker state, failures in the window, in flight."""
+        return [
+            health_of(provider_name(member), provider_identity(member), self.state, self.breaker)
+            for member in (_instance(p) for p in self.providers)
+            if member is not None
+        ]
 
     def stream(self, request: ChatRequest, http: HTTPCall) -> AsyncIterator[ChatCompletionChunk]:
         """The provider protocol: the answer's chunks, retried up to the commit point."""
@@ -159,6 +196,7 @@ class RetryProvider(IterListProvider):
     retry_on: ``f(error) -> True | False | None``: retry on the same
         provider, move on, or apply the default rules.
     policy: a whole ``RetryPolicy``; the arguments above override its fields.
+    breaker, state: as for ``IterListProvider``.
     """
 
     name: str = "RetryProvider"
@@ -178,8 +216,18 @@ class RetryProvider(IterListProvider):
         timeout: float | None = None,
         on_attempt: AttemptHook | None = None,
         name: str | None = None,
+        breaker: CircuitBreaker | bool | None = None,
+        state: StateStore | None = None,
     ) -> None:
-        super().__init__(providers, shuffle, timeout=timeout, on_attempt=on_attempt, name=name)
+        super().__init__(
+            providers,
+            shuffle,
+            timeout=timeout,
+            on_attempt=on_attempt,
+            name=name,
+            breaker=breaker,
+            state=state,
+        )
         if policy is not None and not isinstance(policy, RetryPolicy):
             raise InvalidRequestError("policy must be a RetryPolicy", field="policy")
         base = policy or RetryPolicy()

@@ -33,6 +33,7 @@ from chatkit._attempt import Attempt
 from chatkit._client import AsyncClient
 from chatkit._config import DEFAULT_LIMITS, Limits, Timeout
 from chatkit._errors import StreamInterrupted
+from chatkit._health import CircuitBreaker, ProviderHealth, StateStore
 from chatkit._streaming import StreamResults
 from chatkit._types import ChatCompletion, ChatCompletionChunk, Model
 from chatkit.providers._base import Provider
@@ -193,6 +194,8 @@ class Client:
         default_headers: Mapping[str, str] | None = None,
         trust_env: bool = True,
         limits: Limits = DEFAULT_LIMITS,
+        breaker: CircuitBreaker | bool | None = None,
+        state: StateStore | None = None,
     ) -> None:
         self._async = AsyncClient(
             provider,
@@ -205,10 +208,16 @@ class Client:
             default_headers=default_headers,
             trust_env=trust_env,
             limits=limits,
+            breaker=breaker,
+            state=state,
         )
         self._streams: weakref.WeakSet[ChatStream] = weakref.WeakSet()
         self._streams_lock = threading.Lock()
         _live_clients.add(self)
+
+    def health(self) -> list[ProviderHealth]:
+        """As ``AsyncClient.health``: per provider, its breaker and calls in flight."""
+        return self._async.health()
 
     # ``chat`` and ``models`` are fresh views holding the client, never held
     # by it: no reference cycle, so a dropped client is closed at once.

@@ -1,0 +1,292 @@
+"""Provider health: the circuit breaker and the state store behind it.
+
+``CircuitBreaker`` is configuration; the state lives in a ``StateStore``,
+keyed by a provider's identity (its class, base URL and a hash of its key:
+two keys of one vendor are two breakers). Every operation that changes state
+is one async call, atomic for its identity, so a store shared between
+processes (Redis, with a script per operation) can implement the protocol
+without any caller changing. ``InMemoryStore`` is the default: one per
+client, or per ``RetryProvider``, unless one is passed as ``state=``.
+
+The breaker, per identity::
+
+    closed --(failure_threshold retryable failures within window)--> open
+    open --(cooldown, or a longer Retry-After, has passed)--> half_open
+    half_open: at most half_open_probes calls at once go through
+        a success closes; a failure re-opens with the cooldown doubled,
+        up to max_cooldown
+
+Retryable failures are what ``RetryPolicy`` would retry (connection errors,
+timeouts, 408/409/429, 5xx, error events before content); a 400, 401 or 404
+shows the provider is up, so it counts as an answer. Failures after the first
+content are not counted: the provider was answering.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
+
+from chatkit._config import is_number
+from chatkit._errors import APIError, InvalidRequestError
+from chatkit._public import public
+from chatkit.providers._http import HTTPProvider
+
+__all__ = [
+    "BreakerState",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "InMemoryStore",
+    "ProviderHealth",
+    "StateStore",
+    "check_state",
+    "health_of",
+    "provider_identity",
+]
+
+Clock = Callable[[], float]
+State = Literal["closed", "open", "half_open"]
+
+
+@dataclass(frozen=True)
+class CircuitBreaker:
+    """When a provider is skipped for a while instead of tried.
+
+    clock: seconds, monotonic (default ``time.monotonic``); tests pass their
+        own to move time without sleeping.
+    """
+
+    failure_threshold: int = 5
+    window: float = 30.0
+    cooldown: float = 30.0
+    half_open_probes: int = 1
+    max_cooldown: float = 300.0
+    clock: Clock | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("failure_threshold", "half_open_probes"):
+            value = getattr(self, name)
+            if not is_number(value, integer=True) or value < 1:
+                raise InvalidRequestError(
+                    f"{name} must be an integer >= 1, got {value!r}", field=name
+                )
+        for name in ("window", "cooldown", "max_cooldown"):
+            value = getattr(self, name)
+            if not is_number(value) or not 0 < value < math.inf:
+                raise InvalidRequestError(
+                    f"{name} must be a finite number of seconds > 0, got {value!r}", field=name
+                )
+        if self.max_cooldown < self.cooldown:
+            raise InvalidRequestError("max_cooldown must be >= cooldown", field="max_cooldown")
+        if self.clock is not None and not callable(self.clock):
+            raise InvalidRequestError("clock must be a callable or None", field="clock")
+
+    def now(self) -> float:
+        return (self.clock or time.monotonic)()
+
+    @classmethod
+    def coerce(
+        cls, value: CircuitBreaker | bool | None, field_name: str = "breaker"
+    ) -> CircuitBreaker | None:
+        """``True``: the defaults; ``None`` / ``False``: off."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        raise InvalidRequestError(
+            f"{field_name} must be a CircuitBreaker, True or None, got {type(value).__name__}",
+            field=field_name,
+        )
+
+
+class CircuitOpenError(APIError):
+    """Recorded on an attempt skipped because its provider's circuit is open."""
+
+
+@dataclass
+class BreakerState:
+    """One provider's breaker, as a store holds it."""
+
+    state: State = "closed"
+    failures: deque[float] = field(default_factory=deque)
+    open_until: float | None = None
+    cooldown: float | None = None  # the current one (doubles while probes fail)
+    probes: int = 0  # half-open probes in flight
+
+
+class Admission(NamedTuple):
+    allowed: bool
+    probe: bool = False
+    open_until: float | None = None  # when not allowed: when it half-opens (None: a probe runs)
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Where provider health lives. Each coroutine is atomic for its identity."""
+
+    async def admit(self, identity: str, breaker: CircuitBreaker, now: float) -> Admission:
+        """May a call go to this provider now? Takes a probe slot when half-open."""
+        ...
+
+    async def record(
+        self,
+        identity: str,
+        breaker: CircuitBreaker,
+        *,
+        failed: bool,
+        probe: bool,
+        now: float,
+        retry_after: float | None = None,
+    ) -> None:
+        """The outcome of an admitted call (releases its probe slot)."""
+        ...
+
+    def peek(self, identity: str) -> BreakerState | None:
+        """This process's latest view, for ``health()`` (may lag a shared store)."""
+        ...
+
+    def calls_in_flight(self, identity: str) -> int: ...
+
+    def call_started(self, identity: str) -> None: ...
+
+    def call_ended(self, identity: str) -> None: ...
+
+
+class InMemoryStore:
+    """The default store: this process only."""
+
+    def __init__(self) -> None:
+        self._breakers: dict[str, BreakerState] = {}
+        self._in_flight: dict[str, int] = {}
+
+    async def admit(self, identity: str, breaker: CircuitBreaker, now: float) -> Admission:
+        entry = self._breakers.get(identity)
+        if entry is None or entry.state == "closed":
+            return Admission(True)
+        if entry.state == "open":
+            if entry.open_until is not None and now < entry.open_until:
+                return Admission(False, open_until=entry.open_until)
+            entry.state, entry.probes = "half_open", 0
+        if entry.probes < breaker.half_open_probes:
+            entry.probes += 1
+            return Admission(True, probe=True)
+        return Admission(False)
+
+    async def record(
+        self,
+        identity: str,
+        breaker: CircuitBreaker,
+        *,
+        failed: bool,
+        probe: bool,
+        now: float,
+        retry_after: float | None = None,
+    ) -> None:
+        entry = self._breakers.setdefault(identity, BreakerState())
+        if probe:
+            entry.probes = max(entry.probes - 1, 0)
+        if not failed:
+            if entry.state != "closed":
+                entry.state, entry.open_until, entry.cooldown = "closed", None, None
+                entry.failures.clear()
+            return
+        if entry.state == "half_open":
+            doubled = 2 * (entry.cooldown or breaker.cooldown)
+            self._open(entry, min(doubled, breaker.max_cooldown), now, retry_after)
+            return
+        if entry.state == "open":
+            return  # a call admitted before the circuit opened
+        failures = entry.failures
+        failures.append(now)
+        while failures and failures[0] <= now - breaker.window:
+            failures.popleft()
+        if len(failures) >= breaker.failure_threshold:
+            self._open(entry, breaker.cooldown, now, retry_after)
+
+    @staticmethod
+    def _open(entry: BreakerState, cooldown: float, now: float, retry_after: float | None) -> None:
+        entry.state, entry.cooldown, entry.probes = "open", cooldown, 0
+        entry.open_until = now + max(cooldown, retry_after or 0.0)
+        entry.failures.clear()
+
+    def peek(self, identity: str) -> BreakerState | None:
+        return self._breakers.get(identity)
+
+    def calls_in_flight(self, identity: str) -> int:
+        return self._in_flight.get(identity, 0)
+
+    def call_started(self, identity: str) -> None:
+        self._in_flight[identity] = self._in_flight.get(identity, 0) + 1
+
+    def call_ended(self, identity: str) -> None:
+        left = self._in_flight.get(identity, 0) - 1
+        if left > 0:
+            self._in_flight[identity] = left
+        else:
+            self._in_flight.pop(identity, None)
+
+
+@dataclass(frozen=True)
+class ProviderHealth:
+    """What ``client.health()`` reports for one provider.
+
+    in_flight counts calls while a breaker is on. latency and rate_budget_left
+    are filled by later features (None for now).
+    """
+
+    provider: str
+    state: State
+    failures_in_window: int
+    open_until: float | None  # wall-clock seconds (time.time()), when open
+    in_flight: int
+    latency: float | None = None
+    rate_budget_left: float | None = None
+
+
+def health_of(
+    name: str, identity: str, store: StateStore, breaker: CircuitBreaker | None
+) -> ProviderHealth:
+    entry = store.peek(identity)
+    state: State = "closed"
+    failures = 0
+    open_until = None
+    if entry is not None:
+        state = entry.state
+        now = breaker.now() if breaker is not None else time.monotonic()
+        window = breaker.window if breaker is not None else math.inf
+        failures = sum(1 for moment in entry.failures if moment > now - window)
+        if entry.open_until is not None and state == "open":
+            open_until = time.time() + (entry.open_until - now)
+    return ProviderHealth(name, state, failures, open_until, store.calls_in_flight(identity))
+
+
+def check_state(state: StateStore | None) -> StateStore:
+    """A caller's ``state=``, or a fresh ``InMemoryStore``."""
+    if state is None:
+        return InMemoryStore()
+    if not isinstance(state, StateStore):
+        raise InvalidRequestError(
+            f"state must be a chatkit StateStore, got {type(state).__name__}", field="state"
+        )
+    return state
+
+
+def provider_identity(provider: object) -> str:
+    """Class, base URL and a short hash of the key; never the key itself."""
+    cls = type(provider)
+    if not isinstance(provider, HTTPProvider):
+        # A third-party provider: nothing says where it sends its calls.
+        return f"{cls.__module__}.{cls.__qualname__}@{id(provider):x}"
+    key = provider._api_key
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12] if key else "-"
+    return f"{cls.__module__}.{cls.__qualname__}|{provider.base_url}|{digest}"
+
+
+public(CircuitOpenError)

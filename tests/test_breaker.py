@@ -1,0 +1,257 @@
+"""The circuit breaker against real fake servers, with a controllable clock.
+
+Request counts on the servers say exactly what was sent; time moves by
+advancing the breaker's clock, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+import chatkit
+from chatkit import CircuitBreaker, InMemoryStore, RetryNoProviderError, Timeout
+from chatkit.providers import OpenAI, RetryProvider
+from chatkit.testing import Behavior, FakeOpenAIServer
+
+pytestmark = pytest.mark.anyio
+
+MESSAGES = [{"role": "user", "content": "Hi"}]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeOpenAIServer]:
+    async with FakeOpenAIServer() as running:
+        yield running
+
+
+@pytest.fixture
+async def backup() -> AsyncIterator[FakeOpenAIServer]:
+    async with FakeOpenAIServer() as running:
+        yield running
+
+
+def breaker(clock: Clock, **options: Any) -> CircuitBreaker:
+    settings: dict[str, Any] = {"failure_threshold": 3, "window": 30.0, "cooldown": 10.0}
+    return CircuitBreaker(**(settings | options), clock=clock)
+
+
+def client_for(server: FakeOpenAIServer, guard: CircuitBreaker) -> chatkit.AsyncClient:
+    # A short total: a wait for a half-open circuit (in real seconds) never fits.
+    return chatkit.AsyncClient(
+        base_url=server.base_url,
+        api_key="sk-a",
+        max_retries=0,
+        breaker=guard,
+        timeout=Timeout(total=5),
+    )
+
+
+async def fail_calls(client: chatkit.AsyncClient, n: int, stream: bool = False) -> None:
+    for _ in range(n):
+        with pytest.raises(chatkit.APIStatusError):
+            if stream:
+                await client.chat.completions.create(messages=MESSAGES, stream=True)
+            else:
+                await client.chat.completions.create(messages=MESSAGES)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_failing_provider_is_skipped_then_probed_after_the_cooldown(
+    server: FakeOpenAIServer, stream: bool
+) -> None:
+    clock = Clock()
+    server.fail(3, 503)
+    async with client_for(server, breaker(clock)) as client:
+        await fail_calls(client, 3, stream)
+        assert [h.state for h in client.health()] == ["open"]
+        with pytest.raises(RetryNoProviderError) as caught:
+            await client.chat.completions.create(messages=MESSAGES)
+        assert len(server.requests) == 3  # skipped without I/O
+        assert "circuit open until" in str(caught.value)
+        assert caught.value.attempts[0].skipped
+        clock.now += 10.0  # the cooldown has passed: one probe goes through
+        reply = await client.chat.completions.create(messages=MESSAGES)
+        assert reply.text
+        assert len(server.requests) == 4
+        (health,) = client.health()
+    assert (health.state, health.failures_in_window, health.open_until) == ("closed", 0, None)
+
+
+async def test_a_failed_probe_reopens_with_the_cooldown_doubled(server: FakeOpenAIServer) -> None:
+    clock = Clock()
+    server.fail(4, 500)
+    async with client_for(server, breaker(clock)) as client:
+        await fail_calls(client, 3)
+        clock.now += 10.0
+        await fail_calls(client, 1)  # the probe fails
+        assert len(server.requests) == 4
+        clock.now += 10.0  # the first cooldown again: not enough any more
+        with pytest.raises(RetryNoProviderError):
+            await client.chat.completions.create(messages=MESSAGES)
+        assert len(server.requests) == 4
+        clock.now += 10.0  # 20 s in all: half-open
+        assert (await client.chat.completions.create(messages=MESSAGES)).text
+        assert len(server.requests) == 5
+
+
+async def test_failures_outside_the_window_do_not_open_it(server: FakeOpenAIServer) -> None:
+    clock = Clock()
+    server.fail(5, 502)
+    async with client_for(server, breaker(clock)) as client:
+        for _ in range(5):  # a flapping provider: never 3 failures within 30 s
+            await fail_calls(client, 1)
+            clock.now += 16.0
+        assert [h.state for h in client.health()] == ["closed"]
+        assert len(server.requests) == 5
+
+
+@pytest.mark.parametrize("status", [400, 401, 404])
+async def test_client_errors_do_not_count(server: FakeOpenAIServer, status: int) -> None:
+    clock = Clock()
+    server.fail(5, status)
+    async with client_for(server, breaker(clock)) as client:
+        await fail_calls(client, 5)
+        assert len(server.requests) == 5
+        assert client.health()[0].state == "closed"
+
+
+async def test_retry_provider_skips_an_open_member_and_falls_back(
+    server: FakeOpenAIServer, backup: FakeOpenAIServer
+) -> None:
+    clock = Clock()
+    server.fail(100, 503)
+    members = [
+        OpenAI(base_url=server.base_url, api_key="sk-a"),
+        OpenAI(base_url=backup.base_url, api_key="sk-b"),
+    ]
+    provider = RetryProvider(members, shuffle=False, breaker=breaker(clock))
+    async with chatkit.AsyncClient(provider) as client:
+        for _ in range(5):
+            reply = await client.chat.completions.create(messages=MESSAGES)
+            assert reply.text
+        health = client.health()
+    assert len(server.requests) == 3  # then skipped: calls 4 and 5 went straight to the backup
+    assert len(backup.requests) == 5
+    assert reply.attempts[0].skipped and "circuit open until" in reply.attempts[0].describe()
+    assert [h.state for h in health] == ["open", "closed"]
+    assert health[0].open_until is not None
+
+
+async def test_two_keys_of_one_vendor_are_two_breakers(server: FakeOpenAIServer) -> None:
+    clock = Clock()
+    server.fail(3, 503)
+    store = InMemoryStore()
+    guard = breaker(clock)
+    first = OpenAI(base_url=server.base_url, api_key="sk-a")
+    second = OpenAI(base_url=server.base_url, api_key="sk-b")
+    async with (
+        chatkit.AsyncClient(first, breaker=guard, state=store, max_retries=0) as a,
+        chatkit.AsyncClient(second, breaker=guard, state=store, max_retries=0) as b,
+    ):
+        await fail_calls(a, 3)
+        assert a.health()[0].state == "open"
+        assert b.health()[0].state == "closed"
+        assert (await b.chat.completions.create(messages=MESSAGES)).text
+    assert "sk-a" not in repr(store._breakers) and "sk-b" not in repr(store._breakers)
+
+
+async def test_half_open_lets_only_its_probes_through(
+    server: FakeOpenAIServer, backup: FakeOpenAIServer
+) -> None:
+    clock = Clock()
+    server.fail(3, 503)
+    members = [
+        OpenAI(base_url=server.base_url, api_key="sk-a"),
+        OpenAI(base_url=backup.base_url, api_key="sk-b"),
+    ]
+    provider = RetryProvider(members, shuffle=False, breaker=breaker(clock))
+    async with chatkit.AsyncClient(provider) as client:
+        for _ in range(3):
+            await client.chat.completions.create(messages=MESSAGES)
+        clock.now += 10.0
+        # The probe's first token is slow; the calls started meanwhile go elsewhere.
+        server.script(Behavior(stall_after=0, stall_seconds=0.3))
+        stream = client.chat.completions.create(messages=MESSAGES, stream=True)
+        probe = asyncio.ensure_future(stream.until_done())
+        await asyncio.sleep(0)  # the probe takes its slot before its first await on I/O
+        others = await asyncio.gather(
+            *(client.chat.completions.create(messages=MESSAGES) for _ in range(2))
+        )
+        answered = await probe
+    assert len(server.requests) == 4
+    assert answered.text and all(r.attempts[0].skipped for r in others)
+    assert len(backup.requests) == 3 + 2  # the three failures fell back too
+    assert "half-open" in others[0].attempts[0].describe()
+
+
+async def test_all_open_waits_for_the_half_open_when_the_deadline_allows(
+    server: FakeOpenAIServer,
+) -> None:
+    server.fail(2, 503)
+    guard = CircuitBreaker(failure_threshold=2, cooldown=0.2, window=30.0)  # the real clock
+    async with chatkit.AsyncClient(
+        base_url=server.base_url, api_key="sk", max_retries=0, breaker=guard
+    ) as client:
+        await fail_calls(client, 2)
+        reply = await client.chat.completions.create(messages=MESSAGES)
+    assert reply.text
+    assert len(server.requests) == 3
+    assert reply.attempts[0].skipped and reply.attempts[-1].ok
+
+
+def test_the_sync_client_takes_a_breaker() -> None:
+    with FakeOpenAIServer().run_in_thread() as server:
+        server.fail(5, 503)
+        with chatkit.Client(
+            base_url=server.base_url,
+            api_key="sk",
+            max_retries=0,
+            breaker=True,  # the defaults: a 30 s cooldown, longer than the 5 s total
+            timeout=Timeout(total=5),
+        ) as client:
+            for _ in range(5):
+                with pytest.raises(chatkit.InternalServerError):
+                    client.chat.completions.create(messages=MESSAGES)
+            with pytest.raises(RetryNoProviderError):
+                for _ in client.chat.completions.create(messages=MESSAGES, stream=True):
+                    pass
+            (health,) = client.health()
+        assert len(server.requests) == 5
+    assert health.state == "open" and health.provider == "OpenAI"
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"failure_threshold": 0}, "failure_threshold"),
+        ({"window": 0}, "window"),
+        ({"cooldown": float("inf")}, "cooldown"),
+        ({"half_open_probes": 1.5}, "half_open_probes"),
+        ({"cooldown": 60.0, "max_cooldown": 30.0}, "max_cooldown"),
+    ],
+)
+def test_bad_breaker_settings_name_the_field(options: dict[str, Any], field: str) -> None:
+    with pytest.raises(chatkit.InvalidRequestError) as caught:
+        CircuitBreaker(**options)
+    assert caught.value.field == field
+
+
+def test_breaker_and_state_arguments_are_checked() -> None:
+    with pytest.raises(chatkit.InvalidRequestError) as caught:
+        chatkit.AsyncClient(base_url="http://127.0.0.1:9/v1", api_key="k", breaker="yes")  # type: ignore[arg-type]
+    assert caught.value.field == "breaker"
+    with pytest.raises(chatkit.InvalidRequestError) as caught:
+        RetryProvider([OpenAI], state=object())  # type: ignore[arg-type]
+    assert caught.value.field == "state"
