@@ -154,6 +154,12 @@ class StateStore(Protocol):
 
     def calls_in_flight(self, identity: str) -> int: ...
 
+    def latency(self, identity: str) -> float | None:
+        """Recent time to first content (EWMA, seconds); None before any sample."""
+        ...
+
+    def record_latency(self, identity: str, seconds: float) -> None: ...
+
     def call_started(self, identity: str) -> None: ...
 
     def call_ended(self, identity: str) -> None: ...
@@ -162,9 +168,13 @@ class StateStore(Protocol):
 class InMemoryStore:
     """The default store: this process only."""
 
+    # Weight of the newest sample in the latency average.
+    LATENCY_WEIGHT = 0.3
+
     def __init__(self) -> None:
         self._breakers: dict[str, BreakerState] = {}
         self._in_flight: dict[str, int] = {}
+        self._latency: dict[str, float] = {}
 
     async def admit(self, identity: str, breaker: CircuitBreaker, now: float) -> Admission:
         entry = self._breakers.get(identity)
@@ -222,6 +232,14 @@ class InMemoryStore:
     def calls_in_flight(self, identity: str) -> int:
         return self._in_flight.get(identity, 0)
 
+    def latency(self, identity: str) -> float | None:
+        return self._latency.get(identity)
+
+    def record_latency(self, identity: str, seconds: float) -> None:
+        old = self._latency.get(identity)
+        weight = self.LATENCY_WEIGHT
+        self._latency[identity] = seconds if old is None else old + weight * (seconds - old)
+
     def call_started(self, identity: str) -> None:
         self._in_flight[identity] = self._in_flight.get(identity, 0) + 1
 
@@ -237,8 +255,9 @@ class InMemoryStore:
 class ProviderHealth:
     """What ``client.health()`` reports for one provider.
 
-    in_flight counts calls while a breaker is on. latency and rate_budget_left
-    are filled by later features (None for now).
+    in_flight and latency (recent time to first content, seconds) are tracked
+    while a breaker or a "least_busy" / "latency" strategy is on;
+    rate_budget_left is filled by a later feature (None for now).
     """
 
     provider: str
@@ -264,7 +283,14 @@ def health_of(
         failures = sum(1 for moment in entry.failures if moment > now - window)
         if entry.open_until is not None and state == "open":
             open_until = time.time() + (entry.open_until - now)
-    return ProviderHealth(name, state, failures, open_until, store.calls_in_flight(identity))
+    return ProviderHealth(
+        name,
+        state,
+        failures,
+        open_until,
+        store.calls_in_flight(identity),
+        latency=store.latency(identity),
+    )
 
 
 def check_state(state: StateStore | None) -> StateStore:

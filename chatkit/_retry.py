@@ -255,7 +255,7 @@ class RetryingCall:
                     self.http.scrub(error)
                     await self._release(gate, error)
                 else:
-                    await self._release(gate, None)
+                    await self._release(gate, None, loop.time() - started)
                     if not isinstance(provider, RetryingCall):
                         attempt.duration = loop.time() - started
                         self._record(attempt)
@@ -309,10 +309,16 @@ class RetryingCall:
         state.call_started(identity)
         return _Gate(identity, probe)
 
-    async def _release(self, gate: _Gate | object | None, error: Exception | None) -> None:
+    async def _release(
+        self, gate: _Gate | object | None, error: Exception | None, latency: float | None = None
+    ) -> None:
+        """The attempt behind ``gate`` ended; ``latency`` (to its first content,
+        or to its whole answer when not streamed) comes with a success."""
         if not isinstance(gate, _Gate) or self.state is None:
             return
         self.state.call_ended(gate.identity)
+        if latency is not None:
+            self.state.record_latency(gate.identity, latency)
         breaker = self.breaker
         if breaker is None:
             return

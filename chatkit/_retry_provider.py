@@ -13,7 +13,7 @@ import dataclasses
 import math
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from chatkit._aliases import ProviderSpec
 from chatkit._attempt import Attempt
@@ -82,6 +82,10 @@ def _instance(spec: object) -> object | None:
     return built
 
 
+Strategy = Literal["ordered", "shuffle", "least_busy", "latency"]
+STRATEGIES: tuple[Strategy, ...] = ("ordered", "shuffle", "least_busy", "latency")
+
+
 class IterListProvider:
     """Try each provider once, in order, until one answers (a fallback chain).
 
@@ -97,6 +101,12 @@ class IterListProvider:
     name: shown in errors and logs.
     breaker: a ``CircuitBreaker`` per member (``True``: the defaults; ``None``,
         the default: off). A member whose circuit is open is skipped without I/O.
+    strategy: the order members are tried in, per call: ``"ordered"`` (as
+        listed), ``"shuffle"`` (random), ``"least_busy"`` (fewest calls in
+        flight first) or ``"latency"`` (lowest recent time to first content
+        first; members without a sample yet come first, to get one). Members
+        with an open circuit go last. Default: ``"shuffle"`` if ``shuffle``
+        else ``"ordered"``. The caller's list is never reordered in place.
     state: where health lives (``InMemoryStore`` of this provider by default).
     """
 
@@ -113,11 +123,18 @@ class IterListProvider:
         name: str | None = None,
         breaker: CircuitBreaker | bool | None = None,
         state: StateStore | None = None,
+        strategy: Strategy | None = None,
     ) -> None:
         self.providers = _check_providers(providers)
         self.breaker = CircuitBreaker.coerce(breaker)
         self.state = check_state(state)
-        self.shuffle = bool(shuffle)
+        if strategy is not None and strategy not in STRATEGIES:
+            raise InvalidRequestError(
+                f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}",
+                field="strategy",
+            )
+        self.strategy: Strategy = strategy or ("shuffle" if shuffle else "ordered")
+        self.shuffle = self.strategy == "shuffle"
         self.timeout = _check_timeout(timeout)
         if on_attempt is not None and not callable(on_attempt):
             raise InvalidRequestError("on_attempt must be callable", field="on_attempt")
@@ -139,9 +156,36 @@ class IterListProvider:
 
     def _order(self) -> list[Provider | type[Provider]]:
         order = list(self.providers)
-        if self.shuffle:
+        if self.strategy == "shuffle":
             random.shuffle(order)
+        elif self.strategy in ("least_busy", "latency"):
+            order.sort(key=self._load)  # stable: ties keep the listed order
+        if self.breaker is not None:
+            order.sort(key=self._is_open)
         return order
+
+    def _tracking(self) -> bool:
+        return self.breaker is not None or self.strategy in ("least_busy", "latency")
+
+    def _load(self, member: Provider | type[Provider]) -> float:
+        built = _instance(member)
+        if built is None:
+            return math.inf
+        identity = provider_identity(built)
+        if self.strategy == "least_busy":
+            return self.state.calls_in_flight(identity)
+        latency = self.state.latency(identity)
+        return -1.0 if latency is None else latency
+
+    def _is_open(self, member: Provider | type[Provider]) -> bool:
+        built = _instance(member)
+        if built is None:
+            return False
+        entry = self.state.peek(provider_identity(built))
+        if entry is None or entry.state != "open" or self.breaker is None:
+            return False
+        # Past its cooldown it is due a probe: not "open" for the order.
+        return entry.open_until is None or self.breaker.now() < entry.open_until
 
     def retrying_call(self, request: ChatRequest, http: HTTPCall) -> RetryingCall:
         """A fresh call over the providers (shuffled now, if asked)."""
@@ -157,7 +201,7 @@ class IterListProvider:
             timeout=self.timeout,
             route_models=True,
             breaker=self.breaker,
-            state=self.state if self.breaker is not None else None,
+            state=self.state if self._tracking() else None,
         )
 
     def health(self) -> list[ProviderHealth]:
@@ -196,7 +240,7 @@ class RetryProvider(IterListProvider):
     retry_on: ``f(error) -> True | False | None``: retry on the same
         provider, move on, or apply the default rules.
     policy: a whole ``RetryPolicy``; the arguments above override its fields.
-    breaker, state: as for ``IterListProvider``.
+    breaker, strategy, state: as for ``IterListProvider``.
     """
 
     name: str = "RetryProvider"
@@ -218,6 +262,7 @@ class RetryProvider(IterListProvider):
         name: str | None = None,
         breaker: CircuitBreaker | bool | None = None,
         state: StateStore | None = None,
+        strategy: Strategy | None = None,
     ) -> None:
         super().__init__(
             providers,
@@ -227,6 +272,7 @@ class RetryProvider(IterListProvider):
             name=name,
             breaker=breaker,
             state=state,
+            strategy=strategy,
         )
         if policy is not None and not isinstance(policy, RetryPolicy):
             raise InvalidRequestError("policy must be a RetryPolicy", field="policy")

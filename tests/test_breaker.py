@@ -142,9 +142,9 @@ async def test_retry_provider_skips_an_open_member_and_falls_back(
             reply = await client.chat.completions.create(messages=MESSAGES)
             assert reply.text
         health = client.health()
-    assert len(server.requests) == 3  # then skipped: calls 4 and 5 went straight to the backup
+    assert len(server.requests) == 3  # then tried last: calls 4 and 5 went to the backup first
     assert len(backup.requests) == 5
-    assert reply.attempts[0].skipped and "circuit open until" in reply.attempts[0].describe()
+    assert [a.provider for a in reply.attempts] == ["OpenAI"] and reply.attempts[0].ok
     assert [h.state for h in health] == ["open", "closed"]
     assert health[0].open_until is not None
 
@@ -255,3 +255,79 @@ def test_breaker_and_state_arguments_are_checked() -> None:
     with pytest.raises(chatkit.InvalidRequestError) as caught:
         RetryProvider([OpenAI], state=object())  # type: ignore[arg-type]
     assert caught.value.field == "state"
+
+
+async def test_an_open_member_left_as_the_only_choice_is_skipped_without_io(
+    server: FakeOpenAIServer, backup: FakeOpenAIServer
+) -> None:
+    clock = Clock()
+    server.fail(100, 503)
+    backup.fail(100, 400)  # the backup answers, but with an error that moves on
+    members = [
+        OpenAI(base_url=server.base_url, api_key="sk-a"),
+        OpenAI(base_url=backup.base_url, api_key="sk-b"),
+    ]
+    provider = RetryProvider(members, shuffle=False, breaker=breaker(clock))
+    async with chatkit.AsyncClient(provider, timeout=Timeout(total=5)) as client:
+        for _ in range(4):
+            with pytest.raises(chatkit.RetryProviderError) as caught:
+                await client.chat.completions.create(messages=MESSAGES)
+    assert len(server.requests) == 3
+    last = caught.value.attempts
+    assert [a.skipped for a in last] == [False, True]
+    assert "circuit open until" in last[1].describe()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_least_busy_prefers_the_member_with_fewer_calls_in_flight(
+    server: FakeOpenAIServer, backup: FakeOpenAIServer, stream: bool
+) -> None:
+    members = [
+        OpenAI(base_url=server.base_url, api_key="sk-a"),
+        OpenAI(base_url=backup.base_url, api_key="sk-b"),
+    ]
+    provider = RetryProvider(members, strategy="least_busy")
+    server.script(Behavior(stall_after=0, stall_seconds=0.3))
+    async with chatkit.AsyncClient(provider) as client:
+        busy = client.chat.completions.create(messages=MESSAGES, stream=True)
+        pending = asyncio.ensure_future(busy.until_done())
+        await asyncio.sleep(0)  # the first call is in flight on the first member
+        if stream:
+            reply = await client.chat.completions.create(
+                messages=MESSAGES, stream=True
+            ).until_done()
+        else:
+            reply = await client.chat.completions.create(messages=MESSAGES)
+        await pending
+        assert [h.in_flight for h in client.health()] == [0, 0]
+    assert (len(server.requests), len(backup.requests)) == (1, 1)
+    assert reply.text
+
+
+async def test_latency_prefers_the_member_with_the_faster_first_token(
+    server: FakeOpenAIServer, backup: FakeOpenAIServer
+) -> None:
+    members = [
+        OpenAI(base_url=server.base_url, api_key="sk-a"),
+        OpenAI(base_url=backup.base_url, api_key="sk-b"),
+    ]
+    provider = RetryProvider(members, strategy="latency")
+    server.default = Behavior(stall_after=0, stall_seconds=0.2)
+    async with chatkit.AsyncClient(provider) as client:
+        for _ in range(4):  # both get a sample first, then the faster one wins
+            await client.chat.completions.create(messages=MESSAGES, stream=True).until_done()
+        slow, fast = client.health()
+    assert (len(server.requests), len(backup.requests)) == (1, 3)
+    assert slow.latency is not None and fast.latency is not None and fast.latency < slow.latency
+
+
+def test_strategy_is_checked_and_the_list_is_never_reordered() -> None:
+    with pytest.raises(chatkit.InvalidRequestError) as caught:
+        RetryProvider([OpenAI], strategy="fastest")  # type: ignore[arg-type]
+    assert caught.value.field == "strategy"
+    members: list[Any] = [OpenAI(api_key="a"), OpenAI(api_key="b"), OpenAI(api_key="c")]
+    listed = list(members)
+    provider = RetryProvider(members, strategy="shuffle")
+    for _ in range(20):
+        provider._order()
+    assert members == listed and list(provider.providers) == listed
