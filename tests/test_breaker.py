@@ -47,6 +47,11 @@ def breaker(clock: Clock, **options: Any) -> CircuitBreaker:
     return CircuitBreaker(**(settings | options), clock=clock)
 
 
+def members_of(*servers: FakeOpenAIServer) -> list[OpenAI]:
+    """One OpenAI-compatible member per server, each with a key of its own."""
+    return [OpenAI(base_url=s.base_url, api_key=f"sk-{i}") for i, s in enumerate(servers)]
+
+
 def client_for(server: FakeOpenAIServer, guard: CircuitBreaker) -> chatkit.AsyncClient:
     # A short total: a wait for a half-open circuit (in real seconds) never fits.
     return chatkit.AsyncClient(
@@ -132,10 +137,7 @@ async def test_retry_provider_skips_an_open_member_and_falls_back(
 ) -> None:
     clock = Clock()
     server.fail(100, 503)
-    members = [
-        OpenAI(base_url=server.base_url, api_key="sk-a"),
-        OpenAI(base_url=backup.base_url, api_key="sk-b"),
-    ]
+    members = members_of(server, backup)
     provider = RetryProvider(members, shuffle=False, breaker=breaker(clock))
     async with chatkit.AsyncClient(provider) as client:
         for _ in range(5):
@@ -172,10 +174,7 @@ async def test_half_open_lets_only_its_probes_through(
 ) -> None:
     clock = Clock()
     server.fail(3, 503)
-    members = [
-        OpenAI(base_url=server.base_url, api_key="sk-a"),
-        OpenAI(base_url=backup.base_url, api_key="sk-b"),
-    ]
+    members = members_of(server, backup)
     provider = RetryProvider(members, shuffle=False, breaker=breaker(clock))
     async with chatkit.AsyncClient(provider) as client:
         for _ in range(3):
@@ -263,10 +262,7 @@ async def test_an_open_member_left_as_the_only_choice_is_skipped_without_io(
     clock = Clock()
     server.fail(100, 503)
     backup.fail(100, 400)  # the backup answers, but with an error that moves on
-    members = [
-        OpenAI(base_url=server.base_url, api_key="sk-a"),
-        OpenAI(base_url=backup.base_url, api_key="sk-b"),
-    ]
+    members = members_of(server, backup)
     provider = RetryProvider(members, shuffle=False, breaker=breaker(clock))
     async with chatkit.AsyncClient(provider, timeout=Timeout(total=5)) as client:
         for _ in range(4):
@@ -282,10 +278,7 @@ async def test_an_open_member_left_as_the_only_choice_is_skipped_without_io(
 async def test_least_busy_prefers_the_member_with_fewer_calls_in_flight(
     server: FakeOpenAIServer, backup: FakeOpenAIServer, stream: bool
 ) -> None:
-    members = [
-        OpenAI(base_url=server.base_url, api_key="sk-a"),
-        OpenAI(base_url=backup.base_url, api_key="sk-b"),
-    ]
+    members = members_of(server, backup)
     provider = RetryProvider(members, strategy="least_busy")
     server.script(Behavior(stall_after=0, stall_seconds=0.3))
     async with chatkit.AsyncClient(provider) as client:
@@ -307,10 +300,7 @@ async def test_least_busy_prefers_the_member_with_fewer_calls_in_flight(
 async def test_latency_prefers_the_member_with_the_faster_first_token(
     server: FakeOpenAIServer, backup: FakeOpenAIServer
 ) -> None:
-    members = [
-        OpenAI(base_url=server.base_url, api_key="sk-a"),
-        OpenAI(base_url=backup.base_url, api_key="sk-b"),
-    ]
+    members = members_of(server, backup)
     provider = RetryProvider(members, strategy="latency")
     server.default = Behavior(stall_after=0, stall_seconds=0.2)
     async with chatkit.AsyncClient(provider) as client:
