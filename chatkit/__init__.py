@@ -91,12 +91,15 @@ if TYPE_CHECKING or not _install_lazy_imports():
     from chatkit._errors import StreamInterrupted as StreamInterrupted
     from chatkit._errors import UnprocessableEntityError as UnprocessableEntityError
     from chatkit._errors import UnsupportedCapabilityError as UnsupportedCapabilityError
+    from chatkit._health import BudgetLeft as BudgetLeft
     from chatkit._health import CircuitBreaker as CircuitBreaker
     from chatkit._health import CircuitOpenError as CircuitOpenError
     from chatkit._health import InMemoryStore as InMemoryStore
     from chatkit._health import ProviderHealth as ProviderHealth
+    from chatkit._health import RateBudgetError as RateBudgetError
     from chatkit._health import StateStore as StateStore
     from chatkit._policy import RetryPolicy as RetryPolicy
+    from chatkit._ratelimit import RateLimit as RateLimit
     from chatkit._request import OPENAI_PARAMS as OPENAI_PARAMS
     from chatkit._request import ChatRequest as ChatRequest
     from chatkit._retry_provider import IterListProvider as IterListProvider

@@ -21,6 +21,10 @@ class Attempt:
     retry: 0 for a provider's first attempt, n for its n-th retry.
     delay: the backoff slept before the next attempt of the same provider;
         None when the call moved on (or ended) after this attempt.
+    hedge: started in parallel because an earlier attempt had no content
+        after ``hedge_after`` seconds.
+    lost: a hedged race was won by another attempt; this one was cancelled
+        (or its content discarded) and the connection closed.
     """
 
     provider: str
@@ -30,6 +34,8 @@ class Attempt:
     delay: float | None = None
     skipped: bool = False
     duration: float = 0.0
+    hedge: bool = False
+    lost: bool = False
 
     @property
     def status_code(self) -> int | None:
@@ -37,17 +43,20 @@ class Attempt:
 
     @property
     def ok(self) -> bool:
-        return self.error is None and not self.skipped
+        return self.error is None and not self.skipped and not self.lost
 
     def describe(self) -> str:
         """One line: provider, attempt number, and the status or exception."""
+        label = f"attempt {self.number}, hedge" if self.hedge else f"attempt {self.number}"
+        if self.lost:
+            return f"{self.provider} ({label}): lost the race"
         if self.error is None:
-            return f"{self.provider} (attempt {self.number}): ok"
+            return f"{self.provider} ({label}): ok"
         reason = self._reason(self.error)
         if self.skipped:
             return f"{self.provider}: skipped: {reason}"
         wait = f"; retrying in {self.delay:.3g}s" if self.delay is not None else ""
-        return f"{self.provider} (attempt {self.number}): {reason}{wait}"
+        return f"{self.provider} ({label}): {reason}{wait}"
 
     def _reason(self, error: BaseException) -> str:
         message = " ".join(str(error).split())

@@ -50,6 +50,7 @@ from chatkit.providers import (
 )
 from chatkit.providers._base import (
     Provider,
+    RateLimited,
     SupportsAclose,
     SupportsListModels,
     is_provider_class,
@@ -158,7 +159,8 @@ class AsyncClient:
         if provider is None:
             return []
         identity = provider_identity(provider)
-        return [health_of(provider_name(provider), identity, self._state, self._breaker)]
+        limit = provider.rate_limit if isinstance(provider, RateLimited) else None
+        return [health_of(provider_name(provider), identity, self._state, self._breaker, limit)]
 
     @property
     def timeout(self) -> Timeout:
@@ -246,7 +248,7 @@ class AsyncClient:
                 self._policy,
                 label=str(provider_name(provider)),
                 breaker=self._breaker,
-                state=self._state if self._breaker is not None else None,
+                state=self._state if self._breaker or _rate_limited(provider) else None,
             )
         return call, http
 
@@ -456,3 +458,7 @@ class _Models:
         )
         http.start()
         return await chosen.list_models(http)
+
+
+def _rate_limited(provider: Provider) -> bool:
+    return isinstance(provider, RateLimited) and provider.rate_limit is not None

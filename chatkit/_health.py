@@ -24,6 +24,7 @@ content are not counted: the provider was answering.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import time
@@ -35,14 +36,17 @@ from typing import Literal, NamedTuple, Protocol, runtime_checkable
 from chatkit._config import is_number
 from chatkit._errors import APIError, InvalidRequestError
 from chatkit._public import public
+from chatkit._ratelimit import RateBudget, RateLimit
 from chatkit.providers._http import HTTPProvider
 
 __all__ = [
+    "BudgetLeft",
     "BreakerState",
     "CircuitBreaker",
     "CircuitOpenError",
     "InMemoryStore",
     "ProviderHealth",
+    "RateBudgetError",
     "StateStore",
     "check_state",
     "health_of",
@@ -110,6 +114,10 @@ class CircuitOpenError(APIError):
     """Recorded on an attempt skipped because its provider's circuit is open."""
 
 
+class RateBudgetError(APIError):
+    """Recorded on an attempt skipped because its provider's rate budget is spent."""
+
+
 @dataclass
 class BreakerState:
     """One provider's breaker, as a store holds it."""
@@ -154,11 +162,23 @@ class StateStore(Protocol):
 
     def calls_in_flight(self, identity: str) -> int: ...
 
+    def budget(self, identity: str, limit: RateLimit) -> RateBudget:
+        """The provider's rate budget under ``limit`` (made on first use)."""
+        ...
+
+    async def budget_freed(self, identity: str) -> None:
+        """Return when a call of this provider ended (the caller bounds the wait)."""
+        ...
+
     def latency(self, identity: str) -> float | None:
         """Recent time to first content (EWMA, seconds); None before any sample."""
         ...
 
     def record_latency(self, identity: str, seconds: float) -> None: ...
+
+    def latency_quantile(self, identity: str, quantile: float) -> float | None:
+        """The ``quantile`` of recent latency samples; None before enough samples."""
+        ...
 
     def call_started(self, identity: str) -> None: ...
 
@@ -166,15 +186,26 @@ class StateStore(Protocol):
 
 
 class InMemoryStore:
-    """The default store: this process only."""
+    """The default store: this process only.
+
+    ``clock`` drives the rate budgets (tests pass one they can advance).
+    """
 
     # Weight of the newest sample in the latency average.
     LATENCY_WEIGHT = 0.3
+    # Recent samples kept per provider for quantiles (hedge_after="auto"),
+    # and how many a quantile needs before it is trusted.
+    LATENCY_SAMPLES = 200
+    MIN_QUANTILE_SAMPLES = 20
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._breakers: dict[str, BreakerState] = {}
         self._in_flight: dict[str, int] = {}
         self._latency: dict[str, float] = {}
+        self._samples: dict[str, deque[float]] = {}
+        self._budgets: dict[str, RateBudget] = {}
+        self._freed: dict[str, asyncio.Event] = {}
 
     async def admit(self, identity: str, breaker: CircuitBreaker, now: float) -> Admission:
         entry = self._breakers.get(identity)
@@ -239,11 +270,37 @@ class InMemoryStore:
         old = self._latency.get(identity)
         weight = self.LATENCY_WEIGHT
         self._latency[identity] = seconds if old is None else old + weight * (seconds - old)
+        samples = self._samples.get(identity)
+        if samples is None:
+            samples = self._samples[identity] = deque(maxlen=self.LATENCY_SAMPLES)
+        samples.append(seconds)
+
+    def latency_quantile(self, identity: str, quantile: float) -> float | None:
+        samples = self._samples.get(identity)
+        if samples is None or len(samples) < self.MIN_QUANTILE_SAMPLES:
+            return None
+        ordered = sorted(samples)
+        return ordered[min(int(quantile * len(ordered)), len(ordered) - 1)]
+
+    def budget(self, identity: str, limit: RateLimit) -> RateBudget:
+        budget = self._budgets.get(identity)
+        if budget is None or budget.limit != limit:
+            budget = self._budgets[identity] = RateBudget(limit, self._clock)
+        return budget
+
+    async def budget_freed(self, identity: str) -> None:
+        event = self._freed.get(identity)
+        if event is None:
+            event = self._freed[identity] = asyncio.Event()
+        await event.wait()
 
     def call_started(self, identity: str) -> None:
         self._in_flight[identity] = self._in_flight.get(identity, 0) + 1
 
     def call_ended(self, identity: str) -> None:
+        event = self._freed.pop(identity, None)
+        if event is not None:
+            event.set()  # wake the calls waiting for a concurrency slot
         left = self._in_flight.get(identity, 0) - 1
         if left > 0:
             self._in_flight[identity] = left
@@ -256,8 +313,8 @@ class ProviderHealth:
     """What ``client.health()`` reports for one provider.
 
     in_flight and latency (recent time to first content, seconds) are tracked
-    while a breaker or a "least_busy" / "latency" strategy is on;
-    rate_budget_left is filled by a later feature (None for now).
+    while a breaker, a rate limit or a "least_busy" / "latency" strategy is
+    on; rate_budget_left is None unless the provider has a ``RateLimit``.
     """
 
     provider: str
@@ -266,11 +323,24 @@ class ProviderHealth:
     open_until: float | None  # wall-clock seconds (time.time()), when open
     in_flight: int
     latency: float | None = None
-    rate_budget_left: float | None = None
+    rate_budget_left: BudgetLeft | None = None
+
+
+@dataclass(frozen=True)
+class BudgetLeft:
+    """A rate-limited provider's budget now; None for an unlimited dimension."""
+
+    requests: float | None
+    tokens: float | None
+    concurrency: int | None
 
 
 def health_of(
-    name: str, identity: str, store: StateStore, breaker: CircuitBreaker | None
+    name: str,
+    identity: str,
+    store: StateStore,
+    breaker: CircuitBreaker | None,
+    limit: RateLimit | None = None,
 ) -> ProviderHealth:
     entry = store.peek(identity)
     state: State = "closed"
@@ -283,6 +353,12 @@ def health_of(
         failures = sum(1 for moment in entry.failures if moment > now - window)
         if entry.open_until is not None and state == "open":
             open_until = time.time() + (entry.open_until - now)
+    left = None
+    if limit is not None:
+        budget = store.budget(identity, limit)
+        requests, tokens = budget.remaining()
+        slots = limit.max_concurrency
+        left = BudgetLeft(requests, tokens, None if slots is None else slots - budget.in_flight)
     return ProviderHealth(
         name,
         state,
@@ -290,6 +366,7 @@ def health_of(
         open_until,
         store.calls_in_flight(identity),
         latency=store.latency(identity),
+        rate_budget_left=left,
     )
 
 
@@ -315,4 +392,4 @@ def provider_identity(provider: object) -> str:
     return f"{cls.__module__}.{cls.__qualname__}|{provider.base_url}|{digest}"
 
 
-public(CircuitOpenError)
+public(CircuitOpenError, RateBudgetError)

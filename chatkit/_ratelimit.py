@@ -157,8 +157,9 @@ class RateBudget:
             if bucket is not None and remaining is not None:
                 bucket.refill(now)
                 bucket.level = min(bucket.level, remaining)
-            elif remaining is not None and remaining <= 0:
-                # Unlimited here, exhausted there: wait for the server's reset.
+            if remaining is not None and remaining <= 0:
+                # Exhausted there: nothing until the server's reset (our
+                # bucket alone would refill sooner, at our own rate).
                 reset = _reset_seconds(
                     lowered.get(f"x-ratelimit-reset-{kind}")
                     or lowered.get(f"anthropic-ratelimit-{kind}-reset")

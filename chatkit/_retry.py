@@ -21,10 +21,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeAlias, TypeVar, runtime_checkable
+from typing import NamedTuple, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 import anyio
 
@@ -42,7 +41,14 @@ from chatkit._errors import (
     StreamInterrupted,
     UnsupportedCapabilityError,
 )
-from chatkit._health import CircuitBreaker, CircuitOpenError, StateStore, provider_identity
+from chatkit._gate import CLOSED_GATE, HealthChecks, tokens_used
+from chatkit._health import (
+    CircuitBreaker,
+    CircuitOpenError,
+    StateStore,
+)
+from chatkit._hedge import NOTHING as _NOTHING
+from chatkit._hedge import Hedging, Lane, Won, race
 from chatkit._policy import RetryPolicy
 from chatkit._request import ChatRequest
 from chatkit._transport import HTTPCall
@@ -97,7 +103,7 @@ _Runnable: TypeAlias = "Provider | RetryingCall"
 
 
 @dataclass
-class RetryingCall:
+class RetryingCall(HealthChecks):
     """One chat call driven through ``candidates`` under ``policy``.
 
     candidates: provider instances, or classes instantiated on the spot (a
@@ -128,15 +134,19 @@ class RetryingCall:
     route_models: bool = False
     breaker: CircuitBreaker | None = None
     state: StateStore | None = None
+    hedging: Hedging | None = None
     _parent: RetryingCall | None = field(default=None, init=False, repr=False)
     _deadline: float | None = field(default=None, init=False, repr=False)
     _first: int = field(default=0, init=False, repr=False)
     _timed_out: bool = field(default=False, init=False, repr=False)
     _half_opens: float | None = field(default=None, init=False, repr=False)
+    _stream_gate: object = field(default=None, init=False, repr=False)
 
     # -- bookkeeping ---------------------------------------------------------
 
     def _record(self, attempt: Attempt) -> None:
+        # Numbered as recorded: hedged attempts end in another order than they began.
+        attempt.number = len(self.attempts) + 1
         self.attempts.append(attempt)
         logger.debug("%s: %s", self.label, attempt)  # formatted only when logged
         call: RetryingCall | None = self
@@ -188,6 +198,9 @@ class RetryingCall:
             return self.request
         return dataclasses.replace(self.request, model=model)
 
+    def _nested(self, provider: object) -> bool:
+        return isinstance(provider, RetryingCall)
+
     def _adopt(self, inner: RetryingCall) -> RetryingCall:
         # The nested call records into our list, so numbering continues and
         # the caller sees every leaf attempt; its hooks and ours both fire.
@@ -217,137 +230,114 @@ class RetryingCall:
         self, try_once: Callable[[_Runnable, str, ChatRequest], Awaitable[T]]
     ) -> T | object:
         """Every candidate once (with its retries); ``_NOTHING`` when none answered."""
-        loop = asyncio.get_running_loop()
         self._half_opens = None
-        for candidate in self.candidates:
-            if self._out_of_time():
-                break
+        if self.hedging is not None:
+            won = await race(self, try_once, self.hedging)
+        else:
+            won = _NOTHING
+            last = len(self.candidates) - 1
+            for index, candidate in enumerate(self.candidates):
+                if self._out_of_time():
+                    break
+                lane = self.lane(candidate, index == last)
+                if lane is not None:
+                    won = await self.run_lane(lane, try_once)
+                    if won is not _NOTHING:
+                        break
+        if not isinstance(won, Won):
+            return _NOTHING
+        result = won.result
+        if isinstance(result, ChatCompletion):
+            self.provider = result.provider
+        elif isinstance(result, _Opened):
+            self.provider = result.name
+            if result.agen is not None:
+                self._stream_gate = won.gate  # the stream holds it until its end
+        return result
+
+    async def discard(self, won: Won) -> None:
+        """A lane that reached content too, but lost the race: close it."""
+        won.attempt.lost = True
+        result = won.result
+        if isinstance(result, _Opened) and result.agen is not None:
+            await _close_quietly(result.agen)
+            self._end(won.gate)
+
+    def lane(self, candidate: Provider | type[Provider], last: bool) -> Lane[_Runnable] | None:
+        """``candidate`` made ready to try, or None when it is skipped (recorded)."""
+        try:
+            provider, request = self._resolve(candidate)
+        except _SKIP_ERRORS as exc:
+            self._skip(provider_name(candidate), exc)
+            return None
+        name = provider.label if isinstance(provider, RetryingCall) else provider_name(provider)
+        return Lane(provider, request, name, last)
+
+    async def run_lane(
+        self,
+        lane: Lane[_Runnable],
+        try_once: Callable[[_Runnable, str, ChatRequest], Awaitable[T]],
+    ) -> Won | object:
+        """Try ``lane``'s provider, with its retries: a ``Won``, or ``_NOTHING``."""
+        loop = asyncio.get_running_loop()
+        provider, request, name = lane.provider, lane.request, lane.name
+        retry = 0
+        while True:
+            gate = await self._admit(provider, name, request, lane.last)
+            if gate is CLOSED_GATE:
+                return _NOTHING
+            attempt = Attempt(name, len(self.attempts) + 1, retry, hedge=lane.hedge)
+            started = loop.time()
             try:
-                provider, request = self._resolve(candidate)
-            except _SKIP_ERRORS as exc:
-                self._skip(provider_name(candidate), exc)
-                continue
-            name = provider.label if isinstance(provider, RetryingCall) else provider_name(provider)
-            retry = 0
-            while True:
-                gate = await self._admit(provider, name)
-                if gate is _CLOSED_GATE:
-                    break
-                attempt = Attempt(name, len(self.attempts) + 1, retry)
-                started = loop.time()
-                try:
-                    result = await try_once(provider, name, request)
-                except _SKIP_ERRORS as exc:
-                    await self._release(gate, None)
-                    self._skip(name, exc)
-                    break
-                except ClientClosedError as exc:
-                    # Nothing can succeed on a closed client: no retry, no fallback.
-                    await self._release(gate, None)
-                    attempt.error = exc
+                result = await try_once(provider, name, request)
+            except asyncio.CancelledError:
+                self._end(gate)
+                if lane.lost:  # another lane won the race
+                    attempt.lost = True
                     attempt.duration = loop.time() - started
                     self._record(attempt)
-                    _attach_attempts(exc, self.attempts)
-                    raise
-                except Exception as exc:
-                    error: Exception = exc
-                    attempt.duration = loop.time() - started
-                    self.http.scrub(error)
-                    await self._release(gate, error)
-                else:
-                    await self._release(gate, None, loop.time() - started)
-                    if not isinstance(provider, RetryingCall):
-                        attempt.duration = loop.time() - started
-                        self._record(attempt)
-                    return result
-                if isinstance(provider, RetryingCall):
-                    # Its attempts are already in our list; it is never retried whole.
-                    if not isinstance(error, RetryProviderError):
-                        attempt.error = error
-                        self._record(attempt)
-                    break
-                attempt.error = error
-                remaining = self._remaining()
-                can_retry = self.retry_same and retry < self.policy.max_retries
-                if not self._out_of_time() and can_retry and self.policy.decide(error) == "retry":
-                    attempt.delay = self.policy.delay(error, retry, remaining)
+                raise
+            except _SKIP_ERRORS as exc:
+                await self._release(gate, None)
+                self._skip(name, exc)
+                return _NOTHING
+            except ClientClosedError as exc:
+                # Nothing can succeed on a closed client: no retry, no fallback.
+                await self._release(gate, None)
+                attempt.error = exc
+                attempt.duration = loop.time() - started
                 self._record(attempt)
-                if attempt.delay is None:
-                    break
-                await anyio.sleep(attempt.delay)
-                retry += 1
-        return _NOTHING
-
-    # -- provider health -----------------------------------------------------
-
-    async def _admit(self, provider: _Runnable, name: str) -> _Gate | object | None:
-        """Ask the breaker whether ``provider`` may be tried now.
-
-        Returns None (no health tracking), a gate to release once the attempt
-        ended, or ``_CLOSED_GATE`` when the provider is skipped (recorded here).
-        """
-        state = self.state
-        if state is None or isinstance(provider, RetryingCall):
-            return None
-        identity = provider_identity(provider)
-        probe = False
-        breaker = self.breaker
-        if breaker is not None:
-            now = breaker.now()
-            admission = await state.admit(identity, breaker, now)
-            if not admission.allowed:
-                self._skip(name, _circuit_open(name, admission.open_until, now))
-                if admission.open_until is not None:
-                    earliest = self._half_opens
-                    self._half_opens = (
-                        admission.open_until
-                        if earliest is None
-                        else min(earliest, admission.open_until)
-                    )
-                return _CLOSED_GATE
-            probe = admission.probe
-        state.call_started(identity)
-        return _Gate(identity, probe)
-
-    async def _release(
-        self, gate: _Gate | object | None, error: Exception | None, latency: float | None = None
-    ) -> None:
-        """The attempt behind ``gate`` ended; ``latency`` (to its first content,
-        or to its whole answer when not streamed) comes with a success."""
-        if not isinstance(gate, _Gate) or self.state is None:
-            return
-        self.state.call_ended(gate.identity)
-        if latency is not None:
-            self.state.record_latency(gate.identity, latency)
-        breaker = self.breaker
-        if breaker is None:
-            return
-        failed = error is not None and not isinstance(error, ClientClosedError)
-        failed = failed and self.policy.decide(error) == "retry"  # type: ignore[arg-type]
-        retry_after = self.policy.retry_after(error) if failed and error is not None else None
-        await self.state.record(
-            gate.identity,
-            breaker,
-            failed=failed,
-            probe=gate.probe,
-            now=breaker.now(),
-            retry_after=retry_after,
-        )
-
-    def _wait_for_half_open(self) -> float | None:
-        """Seconds to wait for the earliest circuit to half-open, when every
-        provider was skipped as open and the call's deadline allows it."""
-        earliest, breaker = self._half_opens, self.breaker
-        if earliest is None or breaker is None:
-            return None
-        mine = self.attempts[self._first :]
-        if not mine or not all(isinstance(a.error, CircuitOpenError) for a in mine):
-            return None
-        wait = max(earliest - breaker.now(), 0.0)
-        remaining = self._remaining()
-        if remaining is not None and wait >= remaining:
-            return None
-        return wait
+                _attach_attempts(exc, self.attempts)
+                raise
+            except Exception as exc:
+                error: Exception = exc
+                attempt.duration = loop.time() - started
+                self.http.scrub(error)
+                await self._release(gate, error)
+            else:
+                streaming = isinstance(result, _Opened) and result.agen is not None
+                latency = loop.time() - started
+                await self._release(gate, None, latency, tokens_used(result), streaming)
+                if not isinstance(provider, RetryingCall):
+                    attempt.duration = latency
+                    self._record(attempt)
+                return Won(result, attempt, gate)
+            if isinstance(provider, RetryingCall):
+                # Its attempts are already in our list; it is never retried whole.
+                if not isinstance(error, RetryProviderError):
+                    attempt.error = error
+                    self._record(attempt)
+                return _NOTHING
+            attempt.error = error
+            remaining = self._remaining()
+            can_retry = self.retry_same and retry < self.policy.max_retries
+            if not self._out_of_time() and can_retry and self.policy.decide(error) == "retry":
+                attempt.delay = self.policy.delay(error, retry, remaining)
+            self._record(attempt)
+            if attempt.delay is None:
+                return _NOTHING
+            await anyio.sleep(attempt.delay)
+            retry += 1
 
     def _skip(self, name: str, error: BaseException) -> None:
         self._record(Attempt(name, len(self.attempts) + 1, error=error, skipped=True))
@@ -432,20 +422,26 @@ class RetryingCall:
         http_deadline = self.http.deadline
         own = self._deadline
         bounded = own is not None and (http_deadline is None or own < http_deadline)
+        used: float | None = None
         try:
             for chunk in held:
                 yield chunk
             del held[:]
             if agen is not None and bounded:
                 while (chunk_or_none := await self._next_bounded(agen, name)) is not None:
+                    if chunk_or_none.usage is not None:
+                        used = float(chunk_or_none.usage.total_tokens)
                     yield chunk_or_none
             elif agen is not None:
                 async for chunk in agen:
+                    if chunk.usage is not None:
+                        used = float(chunk.usage.total_tokens)
                     yield chunk
         except Exception as exc:
             self.http.scrub(exc)
             raise self._interrupted(exc, name) from exc
         finally:
+            self._end(self._stream_gate, used)
             if agen is not None:
                 await _close_quietly(agen)
 
@@ -475,9 +471,7 @@ class RetryingCall:
         async with _time_limit(self._remaining(), name, "the call's deadline was reached"):
             return await _next(agen)
 
-    async def _open_stream(
-        self, provider: _Runnable, name: str, request: ChatRequest
-    ) -> tuple[AsyncIterator[ChatCompletionChunk] | None, list[ChatCompletionChunk], str]:
+    async def _open_stream(self, provider: _Runnable, name: str, request: ChatRequest) -> _Opened:
         """Run one attempt up to its first content; hold back what came before."""
         if isinstance(provider, RetryingCall):
             agen = provider.stream()
@@ -495,13 +489,13 @@ class RetryingCall:
                     held.append(chunk)
                     if chunk.has_content:
                         self.provider = chunk.provider or name
-                        return agen, held, self.provider
+                        return _Opened(agen, held, self.provider)
         except BaseException:
             await _close_quietly(agen)
             raise
         # The stream ended without content: a complete, empty answer.
         self.provider = held[0].provider if held and held[0].provider else name
-        return None, held, self.provider
+        return _Opened(None, held, self.provider)
 
 
 @contextlib.asynccontextmanager
@@ -524,21 +518,12 @@ async def _time_limit(limit: float | None, name: str, message: str) -> AsyncIter
         raise APITimeoutError(f"{name}: {message.format(limit=limit)}", provider=name) from exc
 
 
-_NOTHING = object()
-_CLOSED_GATE = object()
+class _Opened(NamedTuple):
+    """A stream's attempt that reached content (``agen`` None: ended without)."""
 
-
-@dataclass(frozen=True)
-class _Gate:
-    identity: str
-    probe: bool
-
-
-def _circuit_open(name: str, open_until: float | None, now: float) -> CircuitOpenError:
-    if open_until is None:
-        return CircuitOpenError(f"{name}: circuit half-open, its probe is in flight", provider=name)
-    when = time.strftime("%H:%M:%S", time.localtime(time.time() + open_until - now))
-    return CircuitOpenError(f"{name}: circuit open until {when}", provider=name)
+    agen: AsyncIterator[ChatCompletionChunk] | None
+    held: list[ChatCompletionChunk]
+    name: str
 
 
 def _attach_attempts(error: BaseException, attempts: list[Attempt]) -> None:

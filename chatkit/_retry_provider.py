@@ -27,11 +27,13 @@ from chatkit._health import (
     health_of,
     provider_identity,
 )
+from chatkit._hedge import HedgeAfter, Hedging
+from chatkit._ratelimit import RateLimit
 from chatkit._request import ChatRequest
 from chatkit._retry import RetryingCall, RetryPolicy
 from chatkit._transport import HTTPCall
 from chatkit._types import ChatCompletion, ChatCompletionChunk
-from chatkit.providers._base import Provider, provider_name
+from chatkit.providers._base import Provider, RateLimited, provider_name
 
 __all__ = ["IterListProvider", "RetryProvider"]
 
@@ -108,6 +110,14 @@ class IterListProvider:
         with an open circuit go last. Default: ``"shuffle"`` if ``shuffle``
         else ``"ordered"``. The caller's list is never reordered in place.
     state: where health lives (``InMemoryStore`` of this provider by default).
+    hedge_after: seconds without first content (without the whole answer,
+        when not streamed) before the next member is started alongside; the
+        first to reach content wins and the others are disconnected.
+        ``"auto"``: the member's recent p95 time to first content. ``None``
+        (the default): off.
+    hedge_budget: the most of the recent 100 calls that may hedge (0.1).
+    hedge_floor, hedge_default: for ``"auto"``, the shortest delay (0.05 s),
+        and the delay before a member has 20 samples (1 s).
     """
 
     name: str = "IterListProvider"
@@ -124,8 +134,22 @@ class IterListProvider:
         breaker: CircuitBreaker | bool | None = None,
         state: StateStore | None = None,
         strategy: Strategy | None = None,
+        hedge_after: HedgeAfter | None = None,
+        hedge_budget: float = 0.1,
+        hedge_floor: float = 0.05,
+        hedge_default: float = 1.0,
     ) -> None:
         self.providers = _check_providers(providers)
+        self.hedging = (
+            None
+            if hedge_after is None
+            else Hedging(
+                hedge_after,
+                hedge_budget,
+                _seconds("hedge_floor", hedge_floor),
+                _seconds("hedge_default", hedge_default),
+            )
+        )
         self.breaker = CircuitBreaker.coerce(breaker)
         self.state = check_state(state)
         if strategy is not None and strategy not in STRATEGIES:
@@ -165,7 +189,12 @@ class IterListProvider:
         return order
 
     def _tracking(self) -> bool:
-        return self.breaker is not None or self.strategy in ("least_busy", "latency")
+        return (
+            self.breaker is not None
+            or self.strategy in ("least_busy", "latency")
+            or self.hedging is not None
+            or any(_rate_limit(member) is not None for member in self.providers)
+        )
 
     def _load(self, member: Provider | type[Provider]) -> float:
         built = _instance(member)
@@ -202,12 +231,19 @@ class IterListProvider:
             route_models=True,
             breaker=self.breaker,
             state=self.state if self._tracking() else None,
+            hedging=self.hedging,
         )
 
     def health(self) -> list[ProviderHealth]:
         """Each member's health: breaker state, failures in the window, in flight."""
         return [
-            health_of(provider_name(member), provider_identity(member), self.state, self.breaker)
+            health_of(
+                provider_name(member),
+                provider_identity(member),
+                self.state,
+                self.breaker,
+                _rate_limit(member),
+            )
             for member in (_instance(p) for p in self.providers)
             if member is not None
         ]
@@ -240,7 +276,7 @@ class RetryProvider(IterListProvider):
     retry_on: ``f(error) -> True | False | None``: retry on the same
         provider, move on, or apply the default rules.
     policy: a whole ``RetryPolicy``; the arguments above override its fields.
-    breaker, strategy, state: as for ``IterListProvider``.
+    breaker, strategy, state, hedge_*: as for ``IterListProvider``.
     """
 
     name: str = "RetryProvider"
@@ -263,6 +299,10 @@ class RetryProvider(IterListProvider):
         breaker: CircuitBreaker | bool | None = None,
         state: StateStore | None = None,
         strategy: Strategy | None = None,
+        hedge_after: HedgeAfter | None = None,
+        hedge_budget: float = 0.1,
+        hedge_floor: float = 0.05,
+        hedge_default: float = 1.0,
     ) -> None:
         super().__init__(
             providers,
@@ -273,6 +313,10 @@ class RetryProvider(IterListProvider):
             breaker=breaker,
             state=state,
             strategy=strategy,
+            hedge_after=hedge_after,
+            hedge_budget=hedge_budget,
+            hedge_floor=hedge_floor,
+            hedge_default=hedge_default,
         )
         if policy is not None and not isinstance(policy, RetryPolicy):
             raise InvalidRequestError("policy must be a RetryPolicy", field="policy")
@@ -300,3 +344,13 @@ class RetryProvider(IterListProvider):
         return (
             f", single_provider_retry={self.single_provider_retry}, max_retries={self.max_retries}"
         )
+
+
+def _rate_limit(member: object) -> RateLimit | None:
+    return member.rate_limit if isinstance(member, RateLimited) else None
+
+
+def _seconds(name: str, value: object) -> float:
+    if not is_number(value) or not 0 <= value < math.inf:
+        raise InvalidRequestError(f"{name} must be seconds >= 0, got {value!r}", field=name)
+    return float(value)

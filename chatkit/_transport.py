@@ -409,6 +409,8 @@ class HTTPCall:
         self._proxy = proxy
         self._call_proxy = call_proxy
         self._current_proxy: ProxyURL | None = None
+        # The last 2xx response's headers: rate budgets learn from them.
+        self.response_headers: Mapping[str, str] = {}
         self._open: set[HTTPResponse] = set()
         # Secrets are only looked for when an error is translated, which is rare.
         self._sent_headers: Mapping[str, str] = headers
@@ -486,6 +488,7 @@ class HTTPCall:
                 if target is None:
                     if not 200 <= raw.status < 300:
                         raise await self._status_error(raw, provider, proxy)
+                    self.response_headers = raw.headers
                     yield response
                     return
             finally:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
 
 from chatkit._errors import UnsupportedCapabilityError
+from chatkit._ratelimit import RateLimit
 
 if TYPE_CHECKING:
     from chatkit._request import ChatRequest
@@ -102,6 +103,13 @@ class SupportsAclose(Protocol):
     async def aclose(self) -> None:
         """Release what it holds. Idempotent."""
         ...
+
+
+@runtime_checkable
+class RateLimited(Protocol):
+    """A provider with a request/token/concurrency budget (``rate_limit=``)."""
+
+    rate_limit: RateLimit | None
 
 
 @runtime_checkable

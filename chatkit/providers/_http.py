@@ -17,7 +17,8 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
-from chatkit._errors import UnsupportedCapabilityError
+from chatkit._errors import InvalidRequestError, UnsupportedCapabilityError
+from chatkit._ratelimit import RateLimit
 from chatkit._request import ChatRequest
 from chatkit._transport import HTTPCall
 from chatkit._types import ChatCompletionChunk
@@ -63,6 +64,7 @@ class HTTPProvider(ABC):
         proxy: str | None = None,
         proxies: Mapping[str, str] | None = None,
         trust_env: bool = True,
+        rate_limit: RateLimit | None = None,
         key_env: tuple[str, ...] | None = None,
     ) -> None:
         # ``key_env`` is for a key variable that must not count as "configured"
@@ -86,6 +88,12 @@ class HTTPProvider(ABC):
         if default_model is not None:
             self.default_model = default_model
         self._headers = dict(default_headers or {})
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise InvalidRequestError(
+                f"rate_limit must be a chatkit.RateLimit, got {type(rate_limit).__name__}",
+                field="rate_limit",
+            )
+        self.rate_limit = rate_limit
 
     def __repr__(self) -> str:
         return provider_repr(type(self).__name__, self.base_url, self._api_key)

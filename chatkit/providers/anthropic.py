@@ -28,6 +28,7 @@ from chatkit._errors import (
     ResponseDecodeError,
     error_from_event,
 )
+from chatkit._ratelimit import RateLimit
 from chatkit._request import ChatRequest
 from chatkit._sse import SSEEvent
 from chatkit._transport import HTTPCall
@@ -319,6 +320,7 @@ class Anthropic(HTTPProvider):
         proxy: str | None = None,
         proxies: Mapping[str, str] | None = None,
         trust_env: bool = True,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         super().__init__(
             api_key,
@@ -329,6 +331,7 @@ class Anthropic(HTTPProvider):
             proxy=proxy,
             proxies=proxies,
             trust_env=trust_env,
+            rate_limit=rate_limit,
         )
         if not is_number(max_tokens, integer=True) or max_tokens < 1:
             raise InvalidRequestError("max_tokens must be an integer >= 1", field="max_tokens")

@@ -30,6 +30,7 @@ from chatkit._errors import (
     ResponseDecodeError,
     error_from_event,
 )
+from chatkit._ratelimit import RateLimit
 from chatkit._request import ChatRequest
 from chatkit._transport import HTTPCall, HTTPResponse
 from chatkit._types import (
@@ -101,6 +102,7 @@ class Gemini(HTTPProvider):
         proxy: str | None = None,
         proxies: Mapping[str, str] | None = None,
         trust_env: bool = True,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         super().__init__(
             api_key,
@@ -111,6 +113,7 @@ class Gemini(HTTPProvider):
             proxy=proxy,
             proxies=proxies,
             trust_env=trust_env,
+            rate_limit=rate_limit,
         )
         self.api_version = api_version.strip("/")
 

@@ -32,6 +32,7 @@ from chatkit._errors import (
     ResponseDecodeError,
     error_from_event,
 )
+from chatkit._ratelimit import RateLimit
 from chatkit._request import ChatRequest
 from chatkit._transport import HTTPCall, HTTPResponse
 from chatkit._types import (
@@ -130,6 +131,7 @@ class Ollama(HTTPProvider):
         proxy: str | None = None,
         proxies: Mapping[str, str] | None = None,
         trust_env: bool = True,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         address = base_url or env_value("OLLAMA_HOST") or self.default_base_url
         if not isinstance(address, str):
@@ -143,6 +145,7 @@ class Ollama(HTTPProvider):
             proxy=proxy,
             proxies=proxies,
             trust_env=trust_env,
+            rate_limit=rate_limit,
             # Optional, so not ``api_key_env``: a set OLLAMA_API_KEY does not
             # make Ollama "configured" (OLLAMA_HOST does, see is_configured).
             key_env=("OLLAMA_API_KEY",),

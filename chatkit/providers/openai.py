@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from pydantic import ValidationError
 
 from chatkit._errors import ResponseDecodeError, error_from_event
+from chatkit._ratelimit import RateLimit
 from chatkit._request import ChatRequest
 from chatkit._sse import SSEDecoder, SSEEvent
 from chatkit._transport import HTTPCall
@@ -71,6 +72,7 @@ class OpenAI(HTTPProvider):
         proxy: str | None = None,
         proxies: Mapping[str, str] | None = None,
         trust_env: bool = True,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         super().__init__(
             api_key,
@@ -82,6 +84,7 @@ class OpenAI(HTTPProvider):
             proxy=proxy,
             proxies=proxies,
             trust_env=trust_env,
+            rate_limit=rate_limit,
         )
 
     def _request_headers(self, request: ChatRequest) -> dict[str, str]:

@@ -83,6 +83,8 @@ class FakeOpenAIServer:
         self.requests: list[RecordedRequest] = []
         self.disconnects = 0
         self.active_streams = 0
+        self.peak_streams = 0
+        """The most streams this server has sent at once."""
         self.port = port
         self._api_key = api_key
         self._host = host
@@ -407,6 +409,7 @@ class FakeOpenAIServer:
         response = web.StreamResponse(headers={**self._stream_headers, **headers})
         await response.prepare(request)
         self.active_streams += 1
+        self.peak_streams = max(self.peak_streams, self.active_streams)
         try:
             await write_stream(response, plan, behavior, close_connection)
         except ConnectionResetError:
