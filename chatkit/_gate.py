@@ -163,6 +163,17 @@ class HealthChecks:
             retry_after=retry_after,
         )
 
+    async def _abandon(self, gate: _Gate | object | None) -> None:
+        """The attempt behind ``gate`` ended telling nothing of the provider's
+        health (skipped, cancelled, or the client closed): free what it held."""
+        if not isinstance(gate, _Gate) or self.state is None:
+            return
+        self._end(gate)
+        breaker = self.breaker
+        if breaker is not None and gate.probe:
+            now = breaker.now()
+            await self.state.record(gate.identity, breaker, failed=None, probe=True, now=now)
+
     def _end(self, gate: _Gate | object | None, used: float | None = None) -> None:
         """The call behind ``gate`` is over: free its slot, settle its tokens."""
         if not isinstance(gate, _Gate) or self.state is None:

@@ -148,12 +148,17 @@ class StateStore(Protocol):
         identity: str,
         breaker: CircuitBreaker,
         *,
-        failed: bool,
+        failed: bool | None,
         probe: bool,
         now: float,
         retry_after: float | None = None,
     ) -> None:
-        """The outcome of an admitted call (releases its probe slot)."""
+        """The outcome of an admitted call (releases its probe slot).
+
+        ``failed=None``: the call ended without telling anything about the
+        provider's health (cancelled, or skipped before any I/O); only its
+        probe slot is released.
+        """
         ...
 
     def peek(self, identity: str) -> BreakerState | None:
@@ -225,7 +230,7 @@ class InMemoryStore:
         identity: str,
         breaker: CircuitBreaker,
         *,
-        failed: bool,
+        failed: bool | None,
         probe: bool,
         now: float,
         retry_after: float | None = None,
@@ -233,6 +238,8 @@ class InMemoryStore:
         entry = self._breakers.setdefault(identity, BreakerState())
         if probe:
             entry.probes = max(entry.probes - 1, 0)
+        if failed is None:
+            return
         if not failed:
             if entry.state != "closed":
                 entry.state, entry.open_until, entry.cooldown = "closed", None, None

@@ -166,7 +166,8 @@ async def race(
                 running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
             if not done:  # no content in time: start the next provider alongside
-                if start(hedge=True):
+                # Asked again: concurrent calls may have spent the budget meanwhile.
+                if hedging.may_hedge() and start(hedge=True):
                     hedges += 1
                     hedging.note(True)
                 continue

@@ -291,19 +291,19 @@ class RetryingCall(HealthChecks):
             try:
                 result = await try_once(provider, name, request)
             except asyncio.CancelledError:
-                self._end(gate)
+                await self._abandon(gate)
                 if lane.lost:  # another lane won the race
                     attempt.lost = True
                     attempt.duration = loop.time() - started
                     self._record(attempt)
                 raise
             except _SKIP_ERRORS as exc:
-                await self._release(gate, None)
+                await self._abandon(gate)
                 self._skip(name, exc)
                 return _NOTHING
             except ClientClosedError as exc:
                 # Nothing can succeed on a closed client: no retry, no fallback.
-                await self._release(gate, None)
+                await self._abandon(gate)
                 attempt.error = exc
                 attempt.duration = loop.time() - started
                 self._record(attempt)

@@ -111,6 +111,28 @@ async def test_a_failed_probe_reopens_with_the_cooldown_doubled(server: FakeOpen
         assert len(server.requests) == 5
 
 
+async def test_a_cancelled_probe_frees_its_slot_without_closing_the_circuit(
+    server: FakeOpenAIServer,
+) -> None:
+    clock = Clock()
+    server.fail(3, 503)
+    async with client_for(server, breaker(clock)) as client:
+        await fail_calls(client, 3)
+        clock.now += 10.0
+        server.script(Behavior(stall_after=0, stall_seconds=60))
+        probe = asyncio.ensure_future(client.chat.completions.create(messages=MESSAGES))
+        # Until the probe reached the server (the fake offers no event for it).
+        while len(server.requests) < 4:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        probe.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+        assert [h.state for h in client.health()] == ["half_open"]  # nothing was learned
+        assert (await client.chat.completions.create(messages=MESSAGES)).text  # a new probe
+        assert len(server.requests) == 5
+        assert [h.state for h in client.health()] == ["closed"]
+
+
 async def test_failures_outside_the_window_do_not_open_it(server: FakeOpenAIServer) -> None:
     clock = Clock()
     server.fail(5, 502)
