@@ -11,7 +11,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import pytest
+import test_retry_harness as harness
 
 import chatkit
 from chatkit import InMemoryStore, RateLimit
@@ -215,3 +217,18 @@ def test_bad_hedge_settings_name_the_field(options: dict[str, Any], field: str) 
     with pytest.raises(chatkit.InvalidRequestError) as caught:
         RetryProvider([OpenAI], **options)
     assert caught.value.field == field
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_hedged_call_leaks_no_connection_or_task(kind: str, stream: bool) -> None:
+    # Both answer with "Connection: close": an idle keep-alive would count as open.
+    slow_closing = harness.answer(text="slow answer", stall_after=0, stall_seconds=60)
+    with (
+        FakeOpenAIServer(slow_closing).run_in_thread() as slow,
+        FakeOpenAIServer(harness.answer(text="fast answer")).run_in_thread() as fast,
+    ):
+        outcome = await harness.ask(kind, hedged(slow, fast), stream=stream)
+        assert (outcome.text, outcome.provider) == ("fast answer", "Groq")
+        assert (outcome.open_connections, outcome.leftover_tasks) == (0, 0)
+        assert await anyio.to_thread.run_sync(slow.wait_for_disconnects_sync, 1)
