@@ -100,7 +100,7 @@ class HealthChecks:
                 return CLOSED_GATE
             probe = admission.probe
         state.call_started(identity)
-        return _Gate(identity, probe, budget, reserved)
+        return _Gate(identity, name, probe, budget, reserved)
 
     async def _reserve(self, budget: RateBudget, tokens: float, identity: str, last: bool) -> bool:
         """Take budget for one call; the last choice waits for it, within the deadline."""
@@ -141,7 +141,7 @@ class HealthChecks:
             if isinstance(error, APIStatusError):
                 headers = error.headers
             if error is None:
-                headers = self.http.response_headers
+                headers = self.http.response_headers.get(gate.name)
             if headers:
                 gate.budget.learn(headers)
         if not still_streaming:
@@ -201,6 +201,7 @@ class HealthChecks:
 @dataclass(frozen=True)
 class _Gate:
     identity: str
+    name: str
     probe: bool
     budget: RateBudget | None = None
     reserved: float = 0.0

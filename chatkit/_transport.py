@@ -409,11 +409,15 @@ class HTTPCall:
         self._proxy = proxy
         self._call_proxy = call_proxy
         self._current_proxy: ProxyURL | None = None
-        # The last 2xx response's headers: rate budgets learn from them.
-        self.response_headers: Mapping[str, str] = {}
+        # Each provider's last 2xx response headers: rate budgets learn from
+        # them. Per provider: a hedged call's attempts answer at once.
+        self.response_headers: dict[str, Mapping[str, str]] = {}
         self._open: set[HTTPResponse] = set()
-        # Secrets are only looked for when an error is translated, which is rare.
-        self._sent_headers: Mapping[str, str] = headers
+        # Secrets are only looked for when an error is translated, which is
+        # rare. Every request's headers and proxy are kept, not only the
+        # last: hedged attempts of one call run at once, with different keys.
+        self._sent_headers: list[Mapping[str, str]] = []
+        self._proxies_used: list[ProxyURL] = []
         self.timeout = timeout
         self.headers = headers
         # Absolute loop.time() at which the whole call (all attempts) must end.
@@ -469,7 +473,7 @@ class HTTPCall:
         send_headers = {"Content-Type": "application/json"} if body is not None else {}
         send_headers.update(self.headers)
         send_headers.update(headers or {})
-        self._sent_headers = dict(send_headers)  # kept whole: the secrets to scrub
+        self._sent_headers.append(dict(send_headers))  # whole: the secrets to scrub
         for _ in range(MAX_REDIRECTS + 1):
             proxy = self.proxy_for(url, proxy_settings)
             raw, permit = await self._send(method, url, body, send_headers, params, proxy, provider)
@@ -488,7 +492,7 @@ class HTTPCall:
                 if target is None:
                     if not 200 <= raw.status < 300:
                         raise await self._status_error(raw, provider, proxy)
-                    self.response_headers = raw.headers
+                    self.response_headers[provider] = raw.headers
                     yield response
                     return
             finally:
@@ -528,6 +532,8 @@ class HTTPCall:
         permit = await self._acquire(url, provider)
         http_proxy = proxy.url if proxy is not None and not proxy.is_socks else None
         self._current_proxy = proxy
+        if proxy is not None and proxy not in self._proxies_used:
+            self._proxies_used.append(proxy)
         failure = None
         try:
             raw = await session.request(
@@ -578,10 +584,13 @@ class HTTPCall:
 
     def _secrets(self, proxy: ProxyURL | None) -> tuple[str, ...]:
         """Every secret of this call: its credential headers and proxy passwords."""
-        secrets = header_secrets(self._sent_headers) + header_secrets(self.headers)
+        secrets = header_secrets(self.headers)
+        for sent in self._sent_headers:
+            secrets += header_secrets(sent)
         secrets += self._proxy.secrets()
-        if proxy is not None:
-            secrets += proxy.secrets()
+        for used in (*self._proxies_used, proxy):
+            if used is not None:
+                secrets += used.secrets()
         if self._call_proxy is not None:
             secrets += self._call_proxy.secrets()
         return secrets

@@ -8,15 +8,18 @@ each server (and which connections were dropped) is counted on the servers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import pytest
 import test_retry_harness as harness
+from aiohttp import web
 
 import chatkit
-from chatkit import InMemoryStore, RateLimit
+from chatkit import InMemoryStore, RateLimit, Timeout
 from chatkit._health import provider_identity
 from chatkit._hedge import Hedging
 from chatkit.providers import Groq, OpenAI, RetryProvider
@@ -232,3 +235,110 @@ async def test_a_hedged_call_leaks_no_connection_or_task(kind: str, stream: bool
         assert (outcome.text, outcome.provider) == ("fast answer", "Groq")
         assert (outcome.open_connections, outcome.leftover_tasks) == (0, 0)
         assert await anyio.to_thread.run_sync(slow.wait_for_disconnects_sync, 1)
+
+
+@contextlib.asynccontextmanager
+async def echoing_server(delay: float) -> AsyncIterator[str]:
+    """After ``delay``, answer with an error event that quotes the caller's key."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        key = request.headers["Authorization"].removeprefix("Bearer ")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await asyncio.sleep(delay)
+        error = {"error": {"message": f"key {key} revoked", "type": "server_error"}}
+        await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        await runner.cleanup()
+
+
+async def test_each_hedged_attempt_is_scrubbed_of_its_own_key() -> None:
+    # The first attempt's error arrives after the hedge was sent with another
+    # key: the call's secrets are every request's, not only the last one's.
+    first_key, second_key = "sk-first-5f0c2a9e71d4", "sk-second-8b3e6d1f0a27"
+    async with echoing_server(0.3) as first, echoing_server(0.6) as second:
+        members = [
+            OpenAI(base_url=first, api_key=first_key),
+            Groq(base_url=second, api_key=second_key),
+        ]
+        provider = RetryProvider(members, strategy="ordered", hedge_after=0.05)
+        async with chatkit.AsyncClient(provider=provider) as client:
+            with pytest.raises(chatkit.RetryProviderError) as caught:
+                await ask(client, stream=True)
+    error = caught.value
+    seen = [str(error)] + [repr(a.error) + str(a.error) for a in error.attempts]
+    assert len(error.attempts) == 2 and error.attempts[1].hedge
+    assert not [text for text in seen if first_key in text or second_key in text]
+
+
+@contextlib.asynccontextmanager
+async def timed_server(
+    header_delay: float, content_delay: float, headers: dict[str, str] | None = None
+) -> AsyncIterator[str]:
+    """Sends its response headers after ``header_delay``, one content chunk
+    ``content_delay`` later, then ends the stream."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(header_delay)
+        sent = {"Content-Type": "text/event-stream", **(headers or {})}
+        response = web.StreamResponse(headers=sent)
+        await response.prepare(request)
+        await asyncio.sleep(content_delay)
+        for delta, finish in (({"content": "timed answer"}, None), ({}, "stop")):
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            chunk = {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "model": "m",
+                "choices": [choice],
+            }
+            await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    runner = web.AppRunner(app, handler_cancellation=True)  # the loser's sleep ends
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_winner_learns_its_own_rate_limit_headers_not_the_losers() -> None:
+    # The loser's headers (its budget exhausted) arrive after the winner's and
+    # before the winner's content: they must not be taken for the winner's.
+    exhausted = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1m"}
+    async with (
+        timed_server(0.2, 60.0, exhausted) as loser,
+        timed_server(0.0, 0.4) as winner,
+    ):
+        members = [
+            OpenAI(base_url=loser, api_key="sk-loser", rate_limit=RateLimit()),
+            Groq(base_url=winner, api_key="sk-winner", rate_limit=RateLimit()),
+        ]
+        provider = RetryProvider(members, strategy="ordered", hedge_after=0.05)
+        async with chatkit.AsyncClient(provider=provider, timeout=Timeout(total=5)) as client:
+            text, name, _ = await ask(client, stream=True)
+            assert (text, name) == ("timed answer", "Groq")
+            # Still open for the next call: nothing said the winner is exhausted.
+            second = await client.chat.completions.create(messages=MESSAGES, stream=True)
+            async with second:
+                assert "".join([chunk.text async for chunk in second]) == "timed answer"
+            assert not any(a.skipped for a in second.attempts)
