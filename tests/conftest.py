@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+
+from chatkit.testing import FakeOpenAIServer
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
@@ -69,3 +71,17 @@ def _clean_provider_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "no_proxy",
     ):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeOpenAIServer]:
+    """A fake OpenAI-compatible server (test files may define their own)."""
+    async with FakeOpenAIServer() as running:
+        yield running
+
+
+@pytest.fixture
+async def backup() -> AsyncIterator[FakeOpenAIServer]:
+    """A second one, for fallback."""
+    async with FakeOpenAIServer() as running:
+        yield running

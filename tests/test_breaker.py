@@ -7,10 +7,10 @@ advancing the breaker's clock, never by sleeping.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from health_support import Clock
 
 import chatkit
 from chatkit import CircuitBreaker, InMemoryStore, RetryNoProviderError, Timeout
@@ -20,26 +20,6 @@ from chatkit.testing import Behavior, FakeOpenAIServer
 pytestmark = pytest.mark.anyio
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeOpenAIServer]:
-    async with FakeOpenAIServer() as running:
-        yield running
-
-
-@pytest.fixture
-async def backup() -> AsyncIterator[FakeOpenAIServer]:
-    async with FakeOpenAIServer() as running:
-        yield running
 
 
 def breaker(clock: Clock, **options: Any) -> CircuitBreaker:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from health_support import Clock
 
 import chatkit
 from chatkit import InMemoryStore, RateBudgetError, RateLimit, Timeout
@@ -21,26 +21,6 @@ from chatkit.testing import Behavior, FakeAnthropicServer, FakeOpenAIServer
 pytestmark = pytest.mark.anyio
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeOpenAIServer]:
-    async with FakeOpenAIServer() as running:
-        yield running
-
-
-@pytest.fixture
-async def backup() -> AsyncIterator[FakeOpenAIServer]:
-    async with FakeOpenAIServer() as running:
-        yield running
 
 
 def limited(server: FakeOpenAIServer, **limits: Any) -> OpenAI:
