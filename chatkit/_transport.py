@@ -409,15 +409,12 @@ class HTTPCall:
         self._proxy = proxy
         self._call_proxy = call_proxy
         self._current_proxy: ProxyURL | None = None
-        # Each provider's last 2xx response headers: rate budgets learn from
-        # them. Per provider: a hedged call's attempts answer at once.
-        self.response_headers: dict[str, Mapping[str, str]] = {}
+        # Per provider and every request's, not the last: hedged attempts run at once.
+        self.response_headers: dict[str, Mapping[str, str]] = {}  # rate budgets learn
         self._open: set[HTTPResponse] = set()
-        # Secrets are only looked for when an error is translated, which is
-        # rare. Every request's headers and proxy are kept, not only the
-        # last: hedged attempts of one call run at once, with different keys.
+        # Secrets are only looked for when an error is translated, which is rare.
         self._sent_headers: list[Mapping[str, str]] = []
-        self._proxies_used: list[ProxyURL] = []
+        self._proxies_used: set[ProxyURL] = set()
         self.timeout = timeout
         self.headers = headers
         # Absolute loop.time() at which the whole call (all attempts) must end.
@@ -532,8 +529,8 @@ class HTTPCall:
         permit = await self._acquire(url, provider)
         http_proxy = proxy.url if proxy is not None and not proxy.is_socks else None
         self._current_proxy = proxy
-        if proxy is not None and proxy not in self._proxies_used:
-            self._proxies_used.append(proxy)
+        if proxy is not None:
+            self._proxies_used.add(proxy)
         failure = None
         try:
             raw = await session.request(
@@ -584,16 +581,10 @@ class HTTPCall:
 
     def _secrets(self, proxy: ProxyURL | None) -> tuple[str, ...]:
         """Every secret of this call: its credential headers and proxy passwords."""
-        secrets = header_secrets(self.headers)
-        for sent in self._sent_headers:
-            secrets += header_secrets(sent)
-        secrets += self._proxy.secrets()
-        for used in (*self._proxies_used, proxy):
-            if used is not None:
-                secrets += used.secrets()
-        if self._call_proxy is not None:
-            secrets += self._call_proxy.secrets()
-        return secrets
+        secrets = [header_secrets(sent) for sent in (self.headers, *self._sent_headers)]
+        secrets += [used.secrets() for used in {*self._proxies_used, proxy} if used is not None]
+        secrets += [own.secrets() for own in (self._proxy, self._call_proxy) if own is not None]
+        return tuple(secret for group in secrets for secret in group)
 
     async def _status_error(
         self, raw: aiohttp.ClientResponse, provider: str, proxy: ProxyURL | None
