@@ -124,7 +124,7 @@ class Hedging:
         return sum(self._recent) < self.budget * self.window
 
     def note(self, hedged: bool) -> None:
-        """Count one hedge started, or one call that ended without any."""
+        """Count one call: when it started its first hedge, or ended without any."""
         self._recent.append(hedged)
 
 
@@ -169,7 +169,8 @@ async def race(
                 # Asked again: concurrent calls may have spent the budget meanwhile.
                 if hedging.may_hedge() and start(hedge=True):
                     hedges += 1
-                    hedging.note(True)
+                    if hedges == 1:  # the budget counts calls that hedged
+                        hedging.note(True)
                 continue
             for task in done:
                 lane = running.pop(task)
