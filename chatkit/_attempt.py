@@ -25,6 +25,8 @@ class Attempt:
         after ``hedge_after`` seconds.
     lost: a hedged race was won by another attempt; this one was cancelled
         (or its content discarded) and the connection closed.
+    breaker: the provider's circuit when the attempt was admitted
+        ("closed", "half_open": a probe, "open": skipped); None without a breaker.
     """
 
     provider: str
@@ -36,10 +38,23 @@ class Attempt:
     duration: float = 0.0
     hedge: bool = False
     lost: bool = False
+    breaker: str | None = None
 
     @property
     def status_code(self) -> int | None:
         return getattr(self.error, "status_code", None)
+
+    @property
+    def decision(self) -> str:
+        """What came of it: "success", "retry" (the same provider, after
+        ``delay``), "next" (moved on, or the call gave up), "skipped", "lost"."""
+        if self.skipped:
+            return "skipped"
+        if self.lost:
+            return "lost"
+        if self.error is None:
+            return "success"
+        return "retry" if self.delay is not None else "next"
 
     @property
     def ok(self) -> bool:

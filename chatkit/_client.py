@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
@@ -33,6 +33,7 @@ from chatkit._health import (
     health_of,
     provider_identity,
 )
+from chatkit._hooks import CallInfo, HookRunner, observe_complete, observe_stream
 from chatkit._proxy import ProxySettings
 from chatkit._request import ChatRequest, build_request, check_headers, strict_json_schema
 from chatkit._retry import RetryingCall, RetryPolicy, own_retrying_call
@@ -99,6 +100,7 @@ class AsyncClient:
     ``breaker`` (a ``CircuitBreaker``, or ``True`` for the defaults) skips a
     provider that keeps failing, for its single provider; a ``RetryProvider``
     takes its own. ``state`` is where that health lives (in memory by default).
+    ``hooks`` are objects told what each call and attempt did (``chatkit.hooks``).
     A closed client raises ``ClientClosedError`` at once for every new call.
     """
 
@@ -117,8 +119,10 @@ class AsyncClient:
         limits: Limits = DEFAULT_LIMITS,
         breaker: CircuitBreaker | bool | None = None,
         state: StateStore | None = None,
+        hooks: Sequence[object] | None = None,
     ) -> None:
         self._api_key = _check_api_key(api_key)
+        self._hooks = HookRunner(hooks) if hooks else None
         self._breaker = CircuitBreaker.coerce(breaker)
         self._state = check_state(state)
         self._base_url = check_base_url(base_url) if base_url is not None else None
@@ -250,6 +254,9 @@ class AsyncClient:
                 breaker=self._breaker,
                 state=self._state if self._breaker or _rate_limited(provider) else None,
             )
+        if self._hooks is not None:
+            call.hooks = self._hooks
+            call.info = CallInfo(request, call.label, call.attempts)
         return call, http
 
     # -- lifecycle -----------------------------------------------------------
@@ -368,8 +375,15 @@ class _Completions:
             timeout=timeout,
         )
         call, http = self._client._start(provider, request, proxy)
+        hooks, info = call.hooks, call.info
         if stream:
-            return AsyncChatStream(call.stream(), abort=http.abort, attempts=call.attempts)
+            if hooks is not None and info is not None:
+                chunks = observe_stream(hooks, info, call.stream())
+            else:
+                chunks = call.stream()
+            return AsyncChatStream(chunks, abort=http.abort, attempts=call.attempts)
+        if hooks is not None and info is not None:
+            return observe_complete(hooks, info, call.complete())
         return call.complete()
 
     async def parse(

@@ -34,7 +34,7 @@ from chatkit._transport import HTTPCall
 from chatkit._types import ChatCompletion
 from chatkit.providers._base import RateLimited
 
-__all__ = ["CLOSED_GATE", "HealthChecks", "tokens_used"]
+__all__ = ["CLOSED_GATE", "Gate", "HealthChecks", "tokens_used"]
 
 CLOSED_GATE = object()
 """What ``_admit`` returns when the provider is skipped."""
@@ -55,13 +55,15 @@ class HealthChecks:
 
         def _nested(self, provider: object) -> bool: ...
 
-        def _skip(self, name: str, error: BaseException) -> None: ...
+        async def _skip(self, name: str, error: BaseException) -> None: ...
+
+        async def _breaker_changed(self, name: str, old: str, new: str) -> None: ...
 
         def _remaining(self) -> float | None: ...
 
     async def _admit(
         self, provider: object, name: str, request: ChatRequest, last: bool
-    ) -> _Gate | object | None:
+    ) -> Gate | object | None:
         """Ask the rate budget and the breaker whether ``provider`` may be tried now.
 
         Returns None (no health tracking), a gate to release once the attempt
@@ -82,7 +84,7 @@ class HealthChecks:
                 request.messages, params.get("max_completion_tokens", params.get("max_tokens"))
             )
             if not await self._reserve(budget, reserved, identity, last):
-                self._skip(name, RateBudgetError(f"{name}: rate limit: no budget left"))
+                await self._skip(name, RateBudgetError(f"{name}: rate limit: no budget left"))
                 return CLOSED_GATE
         probe = False
         breaker = self.breaker
@@ -92,7 +94,7 @@ class HealthChecks:
             if not admission.allowed:
                 if budget is not None:
                     budget.settle(reserved, 0.0)  # not sent: its tokens go back
-                self._skip(name, _circuit_open(name, admission.open_until, now))
+                await self._skip(name, _circuit_open(name, admission.open_until, now))
                 until = admission.open_until
                 if until is not None:
                     earliest = self._half_opens
@@ -100,7 +102,7 @@ class HealthChecks:
                 return CLOSED_GATE
             probe = admission.probe
         state.call_started(identity)
-        return _Gate(identity, name, probe, budget, reserved)
+        return Gate(identity, name, probe, budget, reserved, tracked=breaker is not None)
 
     async def _reserve(self, budget: RateBudget, tokens: float, identity: str, last: bool) -> bool:
         """Take budget for one call; the last choice waits for it, within the deadline."""
@@ -124,7 +126,7 @@ class HealthChecks:
 
     async def _release(
         self,
-        gate: _Gate | object | None,
+        gate: Gate | object | None,
         error: Exception | None,
         latency: float | None = None,
         used: float | None = None,
@@ -134,7 +136,7 @@ class HealthChecks:
         first content, or to its whole answer when not streamed) and the tokens
         ``used`` (when reported) come with a success. A committed stream
         (``still_streaming``) keeps its concurrency slot until ``_end``."""
-        if not isinstance(gate, _Gate) or self.state is None:
+        if not isinstance(gate, Gate) or self.state is None:
             return
         if gate.budget is not None:
             headers: Mapping[str, str] | None = None
@@ -154,6 +156,8 @@ class HealthChecks:
         failed = error is not None and not isinstance(error, ClientClosedError)
         failed = failed and self.policy.decide(error) == "retry"  # type: ignore[arg-type]
         retry_after = self.policy.retry_after(error) if failed and error is not None else None
+        before = self.state.peek(gate.identity)
+        old = before.state if before is not None else "closed"
         await self.state.record(
             gate.identity,
             breaker,
@@ -162,11 +166,15 @@ class HealthChecks:
             now=breaker.now(),
             retry_after=retry_after,
         )
+        after = self.state.peek(gate.identity)
+        new = after.state if after is not None else "closed"
+        if new != old:
+            await self._breaker_changed(gate.name, old, new)
 
-    async def _abandon(self, gate: _Gate | object | None) -> None:
+    async def _abandon(self, gate: Gate | object | None) -> None:
         """The attempt behind ``gate`` ended telling nothing of the provider's
         health (skipped, cancelled, or the client closed): free what it held."""
-        if not isinstance(gate, _Gate) or self.state is None:
+        if not isinstance(gate, Gate) or self.state is None:
             return
         self._end(gate)
         breaker = self.breaker
@@ -174,9 +182,9 @@ class HealthChecks:
             now = breaker.now()
             await self.state.record(gate.identity, breaker, failed=None, probe=True, now=now)
 
-    def _end(self, gate: _Gate | object | None, used: float | None = None) -> None:
+    def _end(self, gate: Gate | object | None, used: float | None = None) -> None:
         """The call behind ``gate`` is over: free its slot, settle its tokens."""
-        if not isinstance(gate, _Gate) or self.state is None:
+        if not isinstance(gate, Gate) or self.state is None:
             return
         if gate.budget is not None:
             gate.budget.settle(gate.reserved, used)
@@ -199,12 +207,16 @@ class HealthChecks:
 
 
 @dataclass(frozen=True)
-class _Gate:
+class Gate:
+    """What an admitted attempt holds: its provider's identity and name,
+    whether it is a half-open probe, its reserved budget."""
+
     identity: str
     name: str
     probe: bool
     budget: RateBudget | None = None
     reserved: float = 0.0
+    tracked: bool = False  # a breaker admitted it
 
 
 def tokens_used(result: object) -> float | None:

@@ -69,7 +69,7 @@ class Racer(Protocol[C, P]):
     @property
     def state(self) -> StateStore | None: ...
 
-    def lane(self, candidate: C, last: bool) -> Lane[P] | None: ...
+    async def lane(self, candidate: C, last: bool) -> Lane[P] | None: ...
 
     async def run_lane(
         self, lane: Lane[P], try_once: Callable[[P, str, ChatRequest], Awaitable[T]]
@@ -140,11 +140,11 @@ async def race(
     hedge_at = math.inf
     hedges = 0
 
-    def start(hedge: bool) -> bool:
+    async def start(hedge: bool) -> bool:
         nonlocal hedge_at
         while waiting:
             index, candidate = waiting.pop(0)
-            lane = call.lane(candidate, index == last)
+            lane = await call.lane(candidate, index == last)
             if lane is None:
                 continue
             lane.hedge = hedge
@@ -157,7 +157,7 @@ async def race(
 
     winners: list[tuple[int, Won]] = []
     try:
-        start(hedge=False)
+        await start(hedge=False)
         while running:
             timeout = None
             if waiting and hedging.may_hedge():
@@ -167,7 +167,7 @@ async def race(
             )
             if not done:  # no content in time: start the next provider alongside
                 # Asked again: concurrent calls may have spent the budget meanwhile.
-                if hedging.may_hedge() and start(hedge=True):
+                if hedging.may_hedge() and await start(hedge=True):
                     hedges += 1
                     if hedges == 1:  # the budget counts calls that hedged
                         hedging.note(True)
@@ -180,7 +180,7 @@ async def race(
             if winners:
                 break
             if not running:  # every lane failed: fall back to the next one
-                start(hedge=False)
+                await start(hedge=False)
     finally:
         for task, lane in running.items():
             lane.lost = True

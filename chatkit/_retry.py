@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, TypeAlias, TypeVar, runtime_checkable
 
@@ -41,7 +41,7 @@ from chatkit._errors import (
     StreamInterrupted,
     UnsupportedCapabilityError,
 )
-from chatkit._gate import CLOSED_GATE, HealthChecks, tokens_used
+from chatkit._gate import CLOSED_GATE, Gate, HealthChecks, tokens_used
 from chatkit._health import (
     CircuitBreaker,
     CircuitOpenError,
@@ -49,6 +49,7 @@ from chatkit._health import (
 )
 from chatkit._hedge import NOTHING as _NOTHING
 from chatkit._hedge import Hedging, Lane, Won, race
+from chatkit._hooks import CallInfo, HookRunner
 from chatkit._policy import RetryPolicy
 from chatkit._request import ChatRequest
 from chatkit._transport import HTTPCall
@@ -61,6 +62,7 @@ from chatkit.providers._base import (
     SupportsComplete,
     provider_name,
 )
+from chatkit.providers._http import HTTPProvider
 
 __all__ = ["Attempt", "RetryPolicy", "RetryingCall", "RetryingProvider"]
 
@@ -135,6 +137,8 @@ class RetryingCall(HealthChecks):
     breaker: CircuitBreaker | None = None
     state: StateStore | None = None
     hedging: Hedging | None = None
+    hooks: HookRunner | None = None
+    info: CallInfo | None = None
     _parent: RetryingCall | None = field(default=None, init=False, repr=False)
     _deadline: float | None = field(default=None, init=False, repr=False)
     _first: int = field(default=0, init=False, repr=False)
@@ -144,10 +148,25 @@ class RetryingCall(HealthChecks):
 
     # -- bookkeeping ---------------------------------------------------------
 
-    def _record(self, attempt: Attempt) -> None:
+    def _root(self) -> RetryingCall:
+        """The outermost call: the one the client made, holding the hooks."""
+        call = self
+        while call._parent is not None:
+            call = call._parent
+        return call
+
+    async def _breaker_changed(self, name: str, old: str, new: str) -> None:
+        root = self._root()
+        if root.hooks is not None and root.info is not None:
+            await root.hooks.emit("on_breaker_change", root.info, name, old, new)
+
+    async def _record(self, attempt: Attempt) -> None:
         # Numbered as recorded: hedged attempts end in another order than they began.
         attempt.number = len(self.attempts) + 1
         self.attempts.append(attempt)
+        root = self._root()
+        if root.hooks is not None and root.info is not None:
+            await root.hooks.emit("on_attempt_end", root.info, attempt)
         logger.debug("%s: %s", self.label, attempt)  # formatted only when logged
         call: RetryingCall | None = self
         while call is not None:
@@ -239,7 +258,7 @@ class RetryingCall(HealthChecks):
             for index, candidate in enumerate(self.candidates):
                 if self._out_of_time():
                     break
-                lane = self.lane(candidate, index == last)
+                lane = await self.lane(candidate, index == last)
                 if lane is not None:
                     won = await self.run_lane(lane, try_once)
                     if won is not _NOTHING:
@@ -263,12 +282,14 @@ class RetryingCall(HealthChecks):
             await _close_quietly(result.agen)
             self._end(won.gate)
 
-    def lane(self, candidate: Provider | type[Provider], last: bool) -> Lane[_Runnable] | None:
+    async def lane(
+        self, candidate: Provider | type[Provider], last: bool
+    ) -> Lane[_Runnable] | None:
         """``candidate`` made ready to try, or None when it is skipped (recorded)."""
         try:
             provider, request = self._resolve(candidate)
         except _SKIP_ERRORS as exc:
-            self._skip(provider_name(candidate), exc)
+            await self._skip(provider_name(candidate), exc)
             return None
         name = provider.label if isinstance(provider, RetryingCall) else provider_name(provider)
         return Lane(provider, request, name, last)
@@ -286,7 +307,11 @@ class RetryingCall(HealthChecks):
             gate = await self._admit(provider, name, request, lane.last)
             if gate is CLOSED_GATE:
                 return _NOTHING
-            attempt = Attempt(name, len(self.attempts) + 1, retry, hedge=lane.hedge)
+            attempt = Attempt(name, 0, retry, hedge=lane.hedge, breaker=_breaker_state(gate))
+            root = self._root()
+            if root.hooks is not None and root.info is not None and not self._nested(provider):
+                endpoint = provider.base_url if isinstance(provider, HTTPProvider) else None
+                await root.hooks.emit("on_attempt_start", root.info, attempt, endpoint)
             started = loop.time()
             try:
                 result = await try_once(provider, name, request)
@@ -295,18 +320,18 @@ class RetryingCall(HealthChecks):
                 if lane.lost:  # another lane won the race
                     attempt.lost = True
                     attempt.duration = loop.time() - started
-                    self._record(attempt)
+                    await self._record(attempt)
                 raise
             except _SKIP_ERRORS as exc:
                 await self._abandon(gate)
-                self._skip(name, exc)
+                await self._skip(name, exc)
                 return _NOTHING
             except ClientClosedError as exc:
                 # Nothing can succeed on a closed client: no retry, no fallback.
                 await self._abandon(gate)
                 attempt.error = exc
                 attempt.duration = loop.time() - started
-                self._record(attempt)
+                await self._record(attempt)
                 _attach_attempts(exc, self.attempts)
                 raise
             except Exception as exc:
@@ -320,27 +345,29 @@ class RetryingCall(HealthChecks):
                 await self._release(gate, None, latency, tokens_used(result), streaming)
                 if not isinstance(provider, RetryingCall):
                     attempt.duration = latency
-                    self._record(attempt)
+                    await self._record(attempt)
                 return Won(result, attempt, gate)
             if isinstance(provider, RetryingCall):
                 # Its attempts are already in our list; it is never retried whole.
                 if not isinstance(error, RetryProviderError):
                     attempt.error = error
-                    self._record(attempt)
+                    await self._record(attempt)
                 return _NOTHING
             attempt.error = error
             remaining = self._remaining()
             can_retry = self.retry_same and retry < self.policy.max_retries
             if not self._out_of_time() and can_retry and self.policy.decide(error) == "retry":
                 attempt.delay = self.policy.delay(error, retry, remaining)
-            self._record(attempt)
+            await self._record(attempt)
             if attempt.delay is None:
                 return _NOTHING
             await anyio.sleep(attempt.delay)
             retry += 1
 
-    def _skip(self, name: str, error: BaseException) -> None:
-        self._record(Attempt(name, len(self.attempts) + 1, error=error, skipped=True))
+    async def _skip(self, name: str, error: BaseException) -> None:
+        breaker = "open" if isinstance(error, CircuitOpenError) else None
+        attempt = Attempt(name, 0, error=error, skipped=True, breaker=breaker)
+        await self._record(attempt)
 
     def _failure(self) -> BaseException:
         mine = self.attempts[self._first :]
@@ -409,7 +436,7 @@ class RetryingCall(HealthChecks):
 
     # -- streamed ------------------------------------------------------------
 
-    async def stream(self) -> AsyncIterator[ChatCompletionChunk]:
+    async def stream(self) -> AsyncGenerator[ChatCompletionChunk, None]:
         """The chunks of the first attempt that reaches content, then the rest of it.
 
         After content, a failure raises ``StreamInterrupted`` whose
@@ -473,6 +500,7 @@ class RetryingCall(HealthChecks):
 
     async def _open_stream(self, provider: _Runnable, name: str, request: ChatRequest) -> _Opened:
         """Run one attempt up to its first content; hold back what came before."""
+        agen: AsyncIterator[ChatCompletionChunk]
         if isinstance(provider, RetryingCall):
             agen = provider.stream()
             # A nested call applies first_token to each of its own attempts.
@@ -516,6 +544,12 @@ async def _time_limit(limit: float | None, name: str, message: str) -> AsyncIter
             raise
         # Formatted only now: ``limit`` is a number whenever the scope expired.
         raise APITimeoutError(f"{name}: {message.format(limit=limit)}", provider=name) from exc
+
+
+def _breaker_state(gate: object) -> str | None:
+    if not isinstance(gate, Gate) or not gate.tracked:
+        return None
+    return "half_open" if gate.probe else "closed"
 
 
 class _Opened(NamedTuple):

@@ -22,7 +22,7 @@ import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -196,6 +196,7 @@ class Client:
         limits: Limits = DEFAULT_LIMITS,
         breaker: CircuitBreaker | bool | None = None,
         state: StateStore | None = None,
+        hooks: Sequence[object] | None = None,
     ) -> None:
         self._async = AsyncClient(
             provider,
@@ -210,6 +211,7 @@ class Client:
             limits=limits,
             breaker=breaker,
             state=state,
+            hooks=hooks,
         )
         self._streams: weakref.WeakSet[ChatStream] = weakref.WeakSet()
         self._streams_lock = threading.Lock()
