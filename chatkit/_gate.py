@@ -34,7 +34,7 @@ from chatkit._transport import HTTPCall
 from chatkit._types import ChatCompletion
 from chatkit.providers._base import RateLimited
 
-__all__ = ["CLOSED_GATE", "Gate", "HealthChecks", "tokens_used"]
+__all__ = ["CLOSED_GATE", "Gate", "HealthChecks", "breaker_state", "tokens_used"]
 
 CLOSED_GATE = object()
 """What ``_admit`` returns when the provider is skipped."""
@@ -217,6 +217,13 @@ class Gate:
     budget: RateBudget | None = None
     reserved: float = 0.0
     tracked: bool = False  # a breaker admitted it
+
+
+def breaker_state(gate: object) -> str | None:
+    """The circuit an attempt was admitted through, for ``Attempt.breaker``."""
+    if not isinstance(gate, Gate) or not gate.tracked:
+        return None
+    return "half_open" if gate.probe else "closed"
 
 
 def tokens_used(result: object) -> float | None:

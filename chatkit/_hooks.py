@@ -12,20 +12,40 @@ import inspect
 import itertools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from types import MappingProxyType
+from typing import Any, Protocol, TypeVar
 
 from chatkit._attempt import Attempt
 from chatkit._errors import InvalidRequestError
 from chatkit._request import ChatRequest
 from chatkit._types import ChatCompletion, ChatCompletionChunk, CompletionUsage
 
-__all__ = ["EVENTS", "CallInfo", "Hook", "HookRunner", "observe_complete", "observe_stream"]
+__all__ = [
+    "EVENTS",
+    "CallInfo",
+    "Hook",
+    "HookRunner",
+    "observe_complete",
+    "observe_stream",
+    "request_headers",
+    "with_headers",
+]
 
 logger = logging.getLogger("chatkit")
 
+T = TypeVar("T")
+
 _numbers = itertools.count(1)
+
+request_headers: ContextVar[Mapping[str, str]] = ContextVar(
+    "chatkit_request_headers", default=MappingProxyType({})
+)
+"""Headers added to every upstream request sent in this context: a hook sets
+them around an attempt (``request_headers.set(...)`` in ``on_attempt_start``),
+for example OpenTelemetry's ``traceparent``."""
 
 
 @dataclass(eq=False)
@@ -157,8 +177,8 @@ async def observe_stream(
     pieces: list[str] = []
     try:
         async for chunk in chunks:
+            call.provider = chunk.provider
             if call.time_to_first_content is None and chunk.has_content:
-                call.provider = chunk.provider
                 call.time_to_first_content = time.monotonic() - call.started
                 await runner.emit("on_first_content", call)
             call.response_model, call.response_id = chunk.model, chunk.id
@@ -185,3 +205,11 @@ async def observe_stream(
 def _ended(call: CallInfo, error: BaseException | None) -> None:
     call.duration = time.monotonic() - call.started
     call.error = error
+
+
+async def with_headers(headers: Mapping[str, str], attempt: Awaitable[T]) -> T:
+    """``attempt``; then the request headers as they were before its hooks ran."""
+    try:
+        return await attempt
+    finally:
+        request_headers.set(headers)

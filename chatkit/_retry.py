@@ -21,7 +21,13 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, TypeAlias, TypeVar, runtime_checkable
 
@@ -41,7 +47,7 @@ from chatkit._errors import (
     StreamInterrupted,
     UnsupportedCapabilityError,
 )
-from chatkit._gate import CLOSED_GATE, Gate, HealthChecks, tokens_used
+from chatkit._gate import CLOSED_GATE, HealthChecks, breaker_state, tokens_used
 from chatkit._health import (
     CircuitBreaker,
     CircuitOpenError,
@@ -49,7 +55,7 @@ from chatkit._health import (
 )
 from chatkit._hedge import NOTHING as _NOTHING
 from chatkit._hedge import Hedging, Lane, Won, race
-from chatkit._hooks import CallInfo, HookRunner
+from chatkit._hooks import CallInfo, HookRunner, request_headers, with_headers
 from chatkit._policy import RetryPolicy
 from chatkit._request import ChatRequest
 from chatkit._transport import HTTPCall
@@ -307,14 +313,20 @@ class RetryingCall(HealthChecks):
             gate = await self._admit(provider, name, request, lane.last)
             if gate is CLOSED_GATE:
                 return _NOTHING
-            attempt = Attempt(name, 0, retry, hedge=lane.hedge, breaker=_breaker_state(gate))
+            attempt = Attempt(name, 0, retry, hedge=lane.hedge, breaker=breaker_state(gate))
             root = self._root()
-            if root.hooks is not None and root.info is not None and not self._nested(provider):
+            hooks, info = root.hooks, root.info
+            told = hooks is not None and info is not None and not self._nested(provider)
+            if told and hooks is not None:
+                headers = request_headers.get()  # a hook may add its own for this attempt
                 endpoint = provider.base_url if isinstance(provider, HTTPProvider) else None
-                await root.hooks.emit("on_attempt_start", root.info, attempt, endpoint)
+                await hooks.emit("on_attempt_start", info, attempt, endpoint)
             started = loop.time()
             try:
-                result = await try_once(provider, name, request)
+                if told:
+                    result = await with_headers(headers, try_once(provider, name, request))
+                else:
+                    result = await try_once(provider, name, request)
             except asyncio.CancelledError:
                 await self._abandon(gate)
                 if lane.lost:  # another lane won the race
@@ -544,12 +556,6 @@ async def _time_limit(limit: float | None, name: str, message: str) -> AsyncIter
             raise
         # Formatted only now: ``limit`` is a number whenever the scope expired.
         raise APITimeoutError(f"{name}: {message.format(limit=limit)}", provider=name) from exc
-
-
-def _breaker_state(gate: object) -> str | None:
-    if not isinstance(gate, Gate) or not gate.tracked:
-        return None
-    return "half_open" if gate.probe else "closed"
 
 
 class _Opened(NamedTuple):

@@ -50,6 +50,7 @@ from chatkit._errors import (
     ResponseTooLargeError,
     error_from_status,
 )
+from chatkit._hooks import request_headers
 from chatkit._pool import ConnectionPool, Permit, origin
 from chatkit._proxy import ProxySettings, ProxyURL, SocksOptions
 from chatkit._redirects import MAX_REDIRECTS, becomes_get, redirect_target
@@ -469,7 +470,7 @@ class HTTPCall:
         body = dumps(json_body) if json_body is not None else None
         send_headers = {"Content-Type": "application/json"} if body is not None else {}
         send_headers.update(self.headers)
-        send_headers.update(headers or {})
+        send_headers.update(headers or {}, **request_headers.get())  # hooks' (traceparent)
         self._sent_headers.append(dict(send_headers))  # whole: the secrets to scrub
         for _ in range(MAX_REDIRECTS + 1):
             proxy = self.proxy_for(url, proxy_settings)

@@ -10,7 +10,10 @@ Pass them to a client: ``AsyncClient(..., hooks=[LoggingHook()])`` (or
 - ``on_breaker_change(call, provider, old, new)``
 - ``on_call_end(call)``
 
-``call`` is a ``CallInfo``, ``attempt`` a ``chatkit.Attempt``. An exception
+``call`` is a ``CallInfo``, ``attempt`` a ``chatkit.Attempt``.
+``request_headers`` (a ContextVar) adds headers to the upstream requests
+sent in the current context: set it in ``on_attempt_start``, which runs in
+the task that then sends the attempt. An exception
 in a hook is logged and never breaks the call. See docs/observability.md.
 """
 
@@ -20,9 +23,9 @@ import logging
 from typing import Any
 
 from chatkit._attempt import Attempt
-from chatkit._hooks import EVENTS, CallInfo, Hook
+from chatkit._hooks import EVENTS, CallInfo, Hook, request_headers
 
-__all__ = ["EVENTS", "CallInfo", "Hook", "LoggingHook"]
+__all__ = ["EVENTS", "CallInfo", "Hook", "LoggingHook", "request_headers"]
 
 
 class LoggingHook:

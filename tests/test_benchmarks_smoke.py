@@ -102,3 +102,16 @@ def test_bad_sizes_are_refused_before_any_work() -> None:
     )
     assert result.returncode == 2
     assert "--long-chunks" in result.stderr
+
+
+def test_the_hooks_benchmark_runs_and_prints_every_contender() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_hooks.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    for name in ("raw aiohttp+json", "chatkit async", "no-op hook", "LoggingHook"):
+        assert name in done.stdout
