@@ -67,7 +67,7 @@ class HealthChecks:
         """Ask the rate budget and the breaker whether ``provider`` may be tried now.
 
         Returns None (no health tracking), a gate to release once the attempt
-        ended, or ``_CLOSED_GATE`` when the provider is skipped (recorded here).
+        ended, or ``CLOSED_GATE`` when the provider is skipped (recorded here).
         A provider without budget is passed over, unless it is the ``last``
         choice: then the call waits for budget, within its deadline.
         """
@@ -93,7 +93,7 @@ class HealthChecks:
             admission = await state.admit(identity, breaker, now)
             if not admission.allowed:
                 if budget is not None:
-                    budget.settle(reserved, 0.0)  # not sent: its tokens go back
+                    budget.refund(reserved)  # not sent
                 await self._skip(name, _circuit_open(name, admission.open_until, now))
                 until = admission.open_until
                 if until is not None:

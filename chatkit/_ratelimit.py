@@ -138,6 +138,13 @@ class RateBudget:
                 self._tokens.level + min(reserved, self._tokens.capacity) - used,
             )
 
+    def refund(self, reserved: float) -> None:
+        """A reservation whose call was never sent: its request, tokens and slot go back."""
+        self.in_flight = max(self.in_flight - 1, 0)
+        for bucket, amount in ((self._requests, 1.0), (self._tokens, reserved)):
+            if bucket is not None:
+                bucket.level = min(bucket.capacity, bucket.level + min(amount, bucket.capacity))
+
     def learn(self, headers: Mapping[str, str]) -> None:
         """Adopt the server's view of the budget from its response headers.
 

@@ -1,7 +1,6 @@
 """The rate budget's arithmetic, driven by a controllable clock (no sleeping).
 
-The budget is not yet wired into calls (issue 13 continues); these pin down
-what it will enforce.
+On real calls: tests/test_ratelimit_calls.py.
 """
 
 from __future__ import annotations
@@ -10,17 +9,10 @@ import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from health_support import Clock
 
 from chatkit import InvalidRequestError
 from chatkit._ratelimit import RateBudget, RateLimit, estimate_tokens
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.mark.parametrize(
@@ -136,3 +128,14 @@ def test_token_estimate_counts_the_prompt_and_the_answer_bound() -> None:
     assert estimate_tokens(messages, 50) == pytest.approx(len(repr(messages)) / 4 + 50)
     assert estimate_tokens(messages, None) == pytest.approx(len(repr(messages)) / 4 + 1024)
     assert estimate_tokens(messages, True) == pytest.approx(len(repr(messages)) / 4 + 1024)
+
+
+def test_a_refund_gives_back_the_request_the_tokens_and_the_slot() -> None:
+    clock = Clock()
+    limit = RateLimit(requests_per_minute=2, tokens_per_minute=1000, max_concurrency=1)
+    budget = RateBudget(limit, clock=clock)
+    assert budget.try_reserve(600)
+    assert not budget.try_reserve(100)  # the only slot is taken
+    budget.refund(600)  # never sent (its circuit was open)
+    assert budget.remaining() == (2.0, 1000.0) and budget.in_flight == 0
+    assert budget.try_reserve(600)

@@ -220,3 +220,28 @@ def test_rate_limit_must_be_a_rate_limit(bad: object) -> None:
     with pytest.raises(chatkit.InvalidRequestError, match="rate_limit") as caught:
         OpenAI(api_key="sk-x", rate_limit=bad)  # type: ignore[arg-type]
     assert caught.value.field == "rate_limit"
+
+
+async def test_calls_skipped_by_an_open_circuit_do_not_spend_the_budget(
+    server: FakeOpenAIServer,
+) -> None:
+    clock = Clock()
+    server.fail(3, 503)
+    guard = chatkit.CircuitBreaker(failure_threshold=3, cooldown=10.0, clock=clock)
+    client = chatkit.AsyncClient(
+        provider=limited(server, requests_per_minute=5),
+        max_retries=0,
+        breaker=guard,
+        state=InMemoryStore(clock),
+        timeout=Timeout(total=2.0),
+    )
+    async with client:
+        for _ in range(3):
+            with pytest.raises(chatkit.InternalServerError):
+                await ask(client, stream=False)
+        for _ in range(5):  # the circuit is open: skipped, nothing sent
+            with pytest.raises(chatkit.RetryNoProviderError):
+                await ask(client, stream=False)
+        clock.now += 10.0  # half-open; 2 of the 5 requests are still there
+        probe = await ask(client, stream=False)
+    assert probe.attempts[-1].ok and len(server.requests) == 4
