@@ -28,7 +28,7 @@ from chatkit._health import (
     provider_identity,
 )
 from chatkit._policy import RetryPolicy
-from chatkit._ratelimit import RateBudget, estimate_tokens
+from chatkit._ratelimit import RateLimit, estimate_tokens, read_rate_headers
 from chatkit._request import ChatRequest
 from chatkit._transport import HTTPCall
 from chatkit._types import ChatCompletion
@@ -76,14 +76,13 @@ class HealthChecks:
             return None
         identity = provider_identity(provider)
         limit = provider.rate_limit if isinstance(provider, RateLimited) else None
-        budget = state.budget(identity, limit) if limit is not None else None
         reserved = 0.0
-        if budget is not None:
+        if limit is not None:
             params = request.params
             reserved = estimate_tokens(
                 request.messages, params.get("max_completion_tokens", params.get("max_tokens"))
             )
-            if not await self._reserve(budget, reserved, identity, last):
+            if not await self._reserve(limit, reserved, identity, last):
                 await self._skip(name, RateBudgetError(f"{name}: rate limit: no budget left"))
                 return CLOSED_GATE
         probe = False
@@ -92,8 +91,8 @@ class HealthChecks:
             now = breaker.now()
             admission = await state.admit(identity, breaker, now)
             if not admission.allowed:
-                if budget is not None:
-                    budget.refund(reserved)  # not sent
+                if limit is not None:
+                    await state.release(identity, limit, reserved, None, sent=False)
                 await self._skip(name, _circuit_open(name, admission.open_until, now))
                 until = admission.open_until
                 if until is not None:
@@ -102,15 +101,14 @@ class HealthChecks:
                 return CLOSED_GATE
             probe = admission.probe
         state.call_started(identity)
-        return Gate(identity, name, probe, budget, reserved, tracked=breaker is not None)
+        return Gate(identity, name, probe, limit, reserved, tracked=breaker is not None)
 
-    async def _reserve(self, budget: RateBudget, tokens: float, identity: str, last: bool) -> bool:
+    async def _reserve(self, limit: RateLimit, tokens: float, identity: str, last: bool) -> bool:
         """Take budget for one call; the last choice waits for it, within the deadline."""
         assert self.state is not None
-        while not budget.try_reserve(tokens):
+        while (wait := await self.state.reserve(identity, limit, tokens)) > 0:
             if not last:
                 return False
-            wait = budget.wait_time(tokens)
             remaining = self._remaining()
             if wait == math.inf:  # every slot taken: wait for a call to end
                 try:
@@ -138,16 +136,17 @@ class HealthChecks:
         (``still_streaming``) keeps its concurrency slot until ``_end``."""
         if not isinstance(gate, Gate) or self.state is None:
             return
-        if gate.budget is not None:
+        if gate.limit is not None:
             headers: Mapping[str, str] | None = None
             if isinstance(error, APIStatusError):
                 headers = error.headers
             if error is None:
                 headers = self.http.response_headers.get(gate.name)
-            if headers:
-                gate.budget.learn(headers)
+            signal = read_rate_headers(headers) if headers else None
+            if signal is not None:
+                await self.state.learn(gate.identity, gate.limit, signal)
         if not still_streaming:
-            self._end(gate, used)
+            await self._end(gate, used)
         if latency is not None:
             self.state.record_latency(gate.identity, latency)
         breaker = self.breaker
@@ -176,19 +175,19 @@ class HealthChecks:
         health (skipped, cancelled, or the client closed): free what it held."""
         if not isinstance(gate, Gate) or self.state is None:
             return
-        self._end(gate)
+        await self._end(gate)
         breaker = self.breaker
         if breaker is not None and gate.probe:
             now = breaker.now()
             await self.state.record(gate.identity, breaker, failed=None, probe=True, now=now)
 
-    def _end(self, gate: Gate | object | None, used: float | None = None) -> None:
+    async def _end(self, gate: Gate | object | None, used: float | None = None) -> None:
         """The call behind ``gate`` is over: free its slot, settle its tokens."""
         if not isinstance(gate, Gate) or self.state is None:
             return
-        if gate.budget is not None:
-            gate.budget.settle(gate.reserved, used)
         self.state.call_ended(gate.identity)
+        if gate.limit is not None:
+            await self.state.release(gate.identity, gate.limit, gate.reserved, used)
 
     def _wait_for_half_open(self) -> float | None:
         """Seconds to wait for the earliest circuit to half-open, when every
@@ -214,7 +213,7 @@ class Gate:
     identity: str
     name: str
     probe: bool
-    budget: RateBudget | None = None
+    limit: RateLimit | None = None
     reserved: float = 0.0
     tracked: bool = False  # a breaker admitted it
 

@@ -36,7 +36,7 @@ from typing import Literal, NamedTuple, Protocol, runtime_checkable
 from chatkit._config import is_number
 from chatkit._errors import APIError, InvalidRequestError
 from chatkit._public import public
-from chatkit._ratelimit import RateBudget, RateLimit
+from chatkit._ratelimit import RateBudget, RateLimit, RateSignal
 from chatkit.providers._http import HTTPProvider
 
 __all__ = [
@@ -167,12 +167,37 @@ class StateStore(Protocol):
 
     def calls_in_flight(self, identity: str) -> int: ...
 
-    def budget(self, identity: str, limit: RateLimit) -> RateBudget:
-        """The provider's rate budget under ``limit`` (made on first use)."""
+    async def reserve(self, identity: str, limit: RateLimit, tokens: float) -> float:
+        """Take one request, ``tokens`` and a concurrency slot if all are there
+        now, and return 0.0; otherwise take nothing and return the seconds
+        until they may be (``math.inf`` while every slot is taken: only a
+        call that ends frees one)."""
+        ...
+
+    async def release(
+        self,
+        identity: str,
+        limit: RateLimit,
+        reserved: float,
+        used: float | None,
+        *,
+        sent: bool = True,
+    ) -> None:
+        """A reserved call ended: free its slot and settle its tokens by ``used``
+        (None: the estimate stands). ``sent=False``: it was never sent, so its
+        request and tokens go back too."""
+        ...
+
+    async def learn(self, identity: str, limit: RateLimit, signal: RateSignal) -> None:
+        """Adopt what the provider's rate-limit headers said."""
+        ...
+
+    def budget_left(self, identity: str, limit: RateLimit) -> BudgetLeft:
+        """This process's view of the budget, for ``health()``."""
         ...
 
     async def budget_freed(self, identity: str) -> None:
-        """Return when a call of this provider ended (the caller bounds the wait)."""
+        """Return when a call of this provider freed its slot (the caller bounds the wait)."""
         ...
 
     def latency(self, identity: str) -> float | None:
@@ -289,11 +314,42 @@ class InMemoryStore:
         ordered = sorted(samples)
         return ordered[min(int(quantile * len(ordered)), len(ordered) - 1)]
 
-    def budget(self, identity: str, limit: RateLimit) -> RateBudget:
+    def _budget(self, identity: str, limit: RateLimit) -> RateBudget:
         budget = self._budgets.get(identity)
         if budget is None or budget.limit != limit:
             budget = self._budgets[identity] = RateBudget(limit, self._clock)
         return budget
+
+    async def reserve(self, identity: str, limit: RateLimit, tokens: float) -> float:
+        budget = self._budget(identity, limit)
+        return 0.0 if budget.try_reserve(tokens) else max(budget.wait_time(tokens), 1e-3)
+
+    async def release(
+        self,
+        identity: str,
+        limit: RateLimit,
+        reserved: float,
+        used: float | None,
+        *,
+        sent: bool = True,
+    ) -> None:
+        budget = self._budget(identity, limit)
+        if sent:
+            budget.settle(reserved, used)
+        else:
+            budget.refund(reserved)
+        event = self._freed.pop(identity, None)
+        if event is not None:
+            event.set()  # wake the calls waiting for a concurrency slot
+
+    async def learn(self, identity: str, limit: RateLimit, signal: RateSignal) -> None:
+        self._budget(identity, limit).apply(signal)
+
+    def budget_left(self, identity: str, limit: RateLimit) -> BudgetLeft:
+        budget = self._budget(identity, limit)
+        requests, tokens = budget.remaining()
+        slots = limit.max_concurrency
+        return BudgetLeft(requests, tokens, None if slots is None else slots - budget.in_flight)
 
     async def budget_freed(self, identity: str) -> None:
         event = self._freed.get(identity)
@@ -305,9 +361,6 @@ class InMemoryStore:
         self._in_flight[identity] = self._in_flight.get(identity, 0) + 1
 
     def call_ended(self, identity: str) -> None:
-        event = self._freed.pop(identity, None)
-        if event is not None:
-            event.set()  # wake the calls waiting for a concurrency slot
         left = self._in_flight.get(identity, 0) - 1
         if left > 0:
             self._in_flight[identity] = left
@@ -360,12 +413,7 @@ def health_of(
         failures = sum(1 for moment in entry.failures if moment > now - window)
         if entry.open_until is not None and state == "open":
             open_until = time.time() + (entry.open_until - now)
-    left = None
-    if limit is not None:
-        budget = store.budget(identity, limit)
-        requests, tokens = budget.remaining()
-        slots = limit.max_concurrency
-        left = BudgetLeft(requests, tokens, None if slots is None else slots - budget.in_flight)
+    left = store.budget_left(identity, limit) if limit is not None else None
     return ProviderHealth(
         name,
         state,

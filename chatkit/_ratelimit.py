@@ -25,7 +25,13 @@ from datetime import UTC, datetime
 from chatkit._config import is_number
 from chatkit._errors import InvalidRequestError
 
-__all__ = ["RateBudget", "RateLimit", "estimate_tokens"]
+__all__ = [
+    "RateBudget",
+    "RateLimit",
+    "RateSignal",
+    "estimate_tokens",
+    "read_rate_headers",
+]
 
 Clock = Callable[[], float]
 
@@ -146,36 +152,22 @@ class RateBudget:
                 bucket.level = min(bucket.capacity, bucket.level + min(amount, bucket.capacity))
 
     def learn(self, headers: Mapping[str, str]) -> None:
-        """Adopt the server's view of the budget from its response headers.
+        """Adopt the server's view of the budget from its response headers."""
+        signal = read_rate_headers(headers)
+        if signal is not None:
+            self.apply(signal)
 
-        OpenAI: ``x-ratelimit-remaining-requests`` / ``-tokens`` and
-        ``x-ratelimit-reset-requests`` / ``-tokens`` (durations like ``6m0s``).
-        Anthropic: ``anthropic-ratelimit-requests-remaining`` / ``-tokens-``
-        and their ``-reset`` (RFC 3339 times). ``Retry-After`` blocks every
-        call until it has passed.
-        """
-        lowered = {key.lower(): value for key, value in headers.items()}
+    def apply(self, signal: RateSignal) -> None:
+        """Lower the buckets to what the server says is left, and block every
+        call until its reset when a dimension is exhausted (our bucket alone
+        would refill sooner, at our own rate), or until a ``Retry-After``."""
         now = self.clock()
-        for kind, bucket in (("requests", self._requests), ("tokens", self._tokens)):
-            remaining = _number(
-                lowered.get(f"x-ratelimit-remaining-{kind}")
-                or lowered.get(f"anthropic-ratelimit-{kind}-remaining")
-            )
+        for bucket, remaining in ((self._requests, signal.requests), (self._tokens, signal.tokens)):
             if bucket is not None and remaining is not None:
                 bucket.refill(now)
                 bucket.level = min(bucket.level, remaining)
-            if remaining is not None and remaining <= 0:
-                # Exhausted there: nothing until the server's reset (our
-                # bucket alone would refill sooner, at our own rate).
-                reset = _reset_seconds(
-                    lowered.get(f"x-ratelimit-reset-{kind}")
-                    or lowered.get(f"anthropic-ratelimit-{kind}-reset")
-                )
-                if reset is not None:
-                    self._blocked_until = max(self._blocked_until, now + reset)
-        retry_after = _number(lowered.get("retry-after"))
-        if retry_after is not None and retry_after > 0:
-            self._blocked_until = max(self._blocked_until, now + retry_after)
+        if signal.blocked_for > 0:
+            self._blocked_until = max(self._blocked_until, now + signal.blocked_for)
 
     def remaining(self) -> tuple[float | None, float | None]:
         """(requests, tokens) left now; None for an unlimited dimension."""
@@ -188,6 +180,48 @@ class RateBudget:
                 bucket.refill(now)
                 left.append(bucket.level)
         return left[0], left[1]
+
+
+@dataclass(frozen=True)
+class RateSignal:
+    """What a response's headers say of the budget: requests and tokens left
+    (None: not said), and seconds during which nothing may be sent."""
+
+    requests: float | None = None
+    tokens: float | None = None
+    blocked_for: float = 0.0
+
+
+def read_rate_headers(headers: Mapping[str, str]) -> RateSignal | None:
+    """The rate-limit headers of a response; None when it has none.
+
+    OpenAI: ``x-ratelimit-remaining-requests`` / ``-tokens`` and
+    ``x-ratelimit-reset-requests`` / ``-tokens`` (durations like ``6m0s``).
+    Anthropic: ``anthropic-ratelimit-requests-remaining`` / ``-tokens-`` and
+    their ``-reset`` (RFC 3339 times). A dimension at zero blocks until its
+    reset; ``Retry-After`` blocks until it has passed.
+    """
+    lowered = {key.lower(): value for key, value in headers.items()}
+    left: dict[str, float | None] = {}
+    blocked = 0.0
+    for kind in ("requests", "tokens"):
+        remaining = _number(
+            lowered.get(f"x-ratelimit-remaining-{kind}")
+            or lowered.get(f"anthropic-ratelimit-{kind}-remaining")
+        )
+        left[kind] = remaining
+        if remaining is not None and remaining <= 0:
+            reset = _reset_seconds(
+                lowered.get(f"x-ratelimit-reset-{kind}")
+                or lowered.get(f"anthropic-ratelimit-{kind}-reset")
+            )
+            blocked = max(blocked, reset or 0.0)
+    retry_after = _number(lowered.get("retry-after"))
+    if retry_after is not None and retry_after > 0:
+        blocked = max(blocked, retry_after)
+    if left["requests"] is None and left["tokens"] is None and blocked == 0:
+        return None
+    return RateSignal(left["requests"], left["tokens"], blocked)
 
 
 def estimate_tokens(messages: object, max_tokens: object) -> float:

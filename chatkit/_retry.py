@@ -286,7 +286,7 @@ class RetryingCall(HealthChecks):
         result = won.result
         if isinstance(result, _Opened) and result.agen is not None:
             await _close_quietly(result.agen)
-            self._end(won.gate)
+            await self._end(won.gate)
 
     async def lane(
         self, candidate: Provider | type[Provider], last: bool
@@ -480,7 +480,7 @@ class RetryingCall(HealthChecks):
             self.http.scrub(exc)
             raise self._interrupted(exc, name) from exc
         finally:
-            self._end(self._stream_gate, used)
+            await self._end(self._stream_gate, used)
             if agen is not None:
                 await _close_quietly(agen)
 
