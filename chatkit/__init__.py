@@ -70,6 +70,7 @@ if TYPE_CHECKING or not _install_lazy_imports():
     from chatkit._errors import ChatkitError as ChatkitError
     from chatkit._errors import ClientClosedError as ClientClosedError
     from chatkit._errors import ConflictError as ConflictError
+    from chatkit._errors import EmptyAnswerError as EmptyAnswerError
     from chatkit._errors import InternalServerError as InternalServerError
     from chatkit._errors import InvalidRequestError as InvalidRequestError
     from chatkit._errors import MissingAuthError as MissingAuthError

@@ -27,6 +27,7 @@ g4f names users already catch::
         │   │   └── PoolTimeoutError                  no free connection in time (Timeout.pool)
         │   ├── ProxyError
         │   └── StreamInterrupted                     the stream broke off; carries partial text
+        ├── EmptyAnswerError                          no content at all (fallback_on_empty)
         ├── ResponseDecodeError                       the provider sent something unparseable
         │   ├── SSEDecodeError                        an SSE line or event over the size cap
         │   └── ResponseTooLargeError                 a body over its size cap
@@ -58,6 +59,7 @@ __all__ = [
     "ChatkitError",
     "ClientClosedError",
     "ConflictError",
+    "EmptyAnswerError",
     "InternalServerError",
     "InvalidRequestError",
     "MissingAuthError",
@@ -251,6 +253,18 @@ class PoolTimeoutError(APITimeoutError):
 
 class ProxyError(APIConnectionError):
     """The proxy was unreachable, refused the credentials or refused the tunnel."""
+
+
+class EmptyAnswerError(APIError):
+    """An answer that ended with no content at all: no text, reasoning,
+    refusal or tool call (``finish_reason`` says how it ended). Recorded on the
+    attempt when ``RetryProvider(fallback_on_empty=True)`` moved on from it."""
+
+    def __init__(
+        self, message: str, *, provider: str | None = None, finish_reason: str | None = None
+    ) -> None:
+        super().__init__(message, provider=provider)
+        self.finish_reason = finish_reason
 
 
 class StreamInterrupted(APIConnectionError):

@@ -29,7 +29,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol, TypeAlias, TypeVar, runtime_checkable
+from typing import Protocol, TypeAlias, TypeVar, runtime_checkable
 
 import anyio
 
@@ -56,6 +56,7 @@ from chatkit._health import (
 from chatkit._hedge import NOTHING as _NOTHING
 from chatkit._hedge import Hedging, Lane, Won, race
 from chatkit._hooks import CallInfo, HookRunner, request_headers, with_headers
+from chatkit._outcome import Opened, empty_answer
 from chatkit._policy import RetryPolicy
 from chatkit._request import ChatRequest
 from chatkit._transport import HTTPCall
@@ -143,6 +144,7 @@ class RetryingCall(HealthChecks):
     breaker: CircuitBreaker | None = None
     state: StateStore | None = None
     hedging: Hedging | None = None
+    fallback_on_empty: bool = False
     hooks: HookRunner | None = None
     info: CallInfo | None = None
     _parent: RetryingCall | None = field(default=None, init=False, repr=False)
@@ -274,7 +276,7 @@ class RetryingCall(HealthChecks):
         result = won.result
         if isinstance(result, ChatCompletion):
             self.provider = result.provider
-        elif isinstance(result, _Opened):
+        elif isinstance(result, Opened):
             self.provider = result.name
             if result.agen is not None:
                 self._stream_gate = won.gate  # the stream holds it until its end
@@ -284,7 +286,7 @@ class RetryingCall(HealthChecks):
         """A lane that reached content too, but lost the race: close it."""
         won.attempt.lost = True
         result = won.result
-        if isinstance(result, _Opened) and result.agen is not None:
+        if isinstance(result, Opened) and result.agen is not None:
             await _close_quietly(result.agen)
             await self._end(won.gate)
 
@@ -352,11 +354,16 @@ class RetryingCall(HealthChecks):
                 self.http.scrub(error)
                 await self._release(gate, error)
             else:
-                streaming = isinstance(result, _Opened) and result.agen is not None
+                streaming = isinstance(result, Opened) and result.agen is not None
                 latency = loop.time() - started
                 await self._release(gate, None, latency, tokens_used(result), streaming)
                 if not isinstance(provider, RetryingCall):
                     attempt.duration = latency
+                    empty = empty_answer(result, name) if self.fallback_on_empty else None
+                    if empty is not None:  # nothing was delivered: the next provider
+                        attempt.error = empty
+                        await self._record(attempt)
+                        return _NOTHING
                     await self._record(attempt)
                 return Won(result, attempt, gate)
             if isinstance(provider, RetryingCall):
@@ -510,7 +517,7 @@ class RetryingCall(HealthChecks):
         async with _time_limit(self._remaining(), name, "the call's deadline was reached"):
             return await _next(agen)
 
-    async def _open_stream(self, provider: _Runnable, name: str, request: ChatRequest) -> _Opened:
+    async def _open_stream(self, provider: _Runnable, name: str, request: ChatRequest) -> Opened:
         """Run one attempt up to its first content; hold back what came before."""
         agen: AsyncIterator[ChatCompletionChunk]
         if isinstance(provider, RetryingCall):
@@ -529,13 +536,13 @@ class RetryingCall(HealthChecks):
                     held.append(chunk)
                     if chunk.has_content:
                         self.provider = chunk.provider or name
-                        return _Opened(agen, held, self.provider)
+                        return Opened(agen, held, self.provider)
         except BaseException:
             await _close_quietly(agen)
             raise
         # The stream ended without content: a complete, empty answer.
         self.provider = held[0].provider if held and held[0].provider else name
-        return _Opened(None, held, self.provider)
+        return Opened(None, held, self.provider)
 
 
 @contextlib.asynccontextmanager
@@ -556,14 +563,6 @@ async def _time_limit(limit: float | None, name: str, message: str) -> AsyncIter
             raise
         # Formatted only now: ``limit`` is a number whenever the scope expired.
         raise APITimeoutError(f"{name}: {message.format(limit=limit)}", provider=name) from exc
-
-
-class _Opened(NamedTuple):
-    """A stream's attempt that reached content (``agen`` None: ended without)."""
-
-    agen: AsyncIterator[ChatCompletionChunk] | None
-    held: list[ChatCompletionChunk]
-    name: str
 
 
 def _attach_attempts(error: BaseException, attempts: list[Attempt]) -> None:

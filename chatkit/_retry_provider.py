@@ -118,6 +118,10 @@ class IterListProvider:
     hedge_budget: the most of the recent 100 calls that may hedge (0.1).
     hedge_floor, hedge_default: for ``"auto"``, the shortest delay (0.05 s),
         and the delay before a member has 20 samples (1 s).
+    fallback_on_empty: an answer with no content at all (empty, a content
+        filter before any content, ``length`` with no tokens) moves on to the
+        next member as a failure before content would (``EmptyAnswerError``
+        on its attempt). Never after content. Default False.
     """
 
     name: str = "IterListProvider"
@@ -138,8 +142,10 @@ class IterListProvider:
         hedge_budget: float = 0.1,
         hedge_floor: float = 0.05,
         hedge_default: float = 1.0,
+        fallback_on_empty: bool = False,
     ) -> None:
         self.providers = _check_providers(providers)
+        self.fallback_on_empty = bool(fallback_on_empty)
         # Once, not per call: a runtime-checkable isinstance costs ~20 us.
         self._rate_limited = any(_rate_limit(member) is not None for member in self.providers)
         self.hedging = (
@@ -234,6 +240,7 @@ class IterListProvider:
             breaker=self.breaker,
             state=self.state if self._tracking() else None,
             hedging=self.hedging,
+            fallback_on_empty=self.fallback_on_empty,
         )
 
     def health(self) -> list[ProviderHealth]:
@@ -278,7 +285,7 @@ class RetryProvider(IterListProvider):
     retry_on: ``f(error) -> True | False | None``: retry on the same
         provider, move on, or apply the default rules.
     policy: a whole ``RetryPolicy``; the arguments above override its fields.
-    breaker, strategy, state, hedge_*: as for ``IterListProvider``.
+    breaker, strategy, state, hedge_*, fallback_on_empty: as for ``IterListProvider``.
     """
 
     name: str = "RetryProvider"
@@ -305,6 +312,7 @@ class RetryProvider(IterListProvider):
         hedge_budget: float = 0.1,
         hedge_floor: float = 0.05,
         hedge_default: float = 1.0,
+        fallback_on_empty: bool = False,
     ) -> None:
         super().__init__(
             providers,
@@ -319,6 +327,7 @@ class RetryProvider(IterListProvider):
             hedge_budget=hedge_budget,
             hedge_floor=hedge_floor,
             hedge_default=hedge_default,
+            fallback_on_empty=fallback_on_empty,
         )
         if policy is not None and not isinstance(policy, RetryPolicy):
             raise InvalidRequestError("policy must be a RetryPolicy", field="policy")
