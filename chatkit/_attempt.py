@@ -47,13 +47,16 @@ class Attempt:
     @property
     def decision(self) -> str:
         """What came of it: "success", "retry" (the same provider, after
-        ``delay``), "next" (moved on, or the call gave up), "skipped", "lost"."""
+        ``delay``), "next" (moved on, or the call gave up), "skipped", "lost"
+        (a hedge race won by another attempt), "cancelled" (the call was)."""
         if self.skipped:
             return "skipped"
         if self.lost:
             return "lost"
         if self.error is None:
             return "success"
+        if type(self.error).__name__ == "CancelledError":
+            return "cancelled"
         return "retry" if self.delay is not None else "next"
 
     @property

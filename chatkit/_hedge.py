@@ -49,6 +49,7 @@ class Lane(Generic[P]):
     last: bool
     hedge: bool = False
     lost: bool = False
+    racing: bool = False  # a success is recorded by the race, once it has a winner
 
 
 @dataclass(eq=False)
@@ -76,6 +77,8 @@ class Racer(Protocol[C, P]):
     ) -> Won | object: ...
 
     async def discard(self, won: Won) -> None: ...
+
+    async def _record(self, attempt: Attempt) -> None: ...
 
     def _nested(self, provider: object) -> bool: ...
 
@@ -147,7 +150,7 @@ async def race(
             lane = await call.lane(candidate, index == last)
             if lane is None:
                 continue
-            lane.hedge = hedge
+            lane.hedge, lane.racing = hedge, True
             started.append(lane)
             running[asyncio.ensure_future(call.run_lane(lane, try_once))] = lane
             nested = call._nested(lane.provider)
@@ -178,6 +181,8 @@ async def race(
                 if isinstance(won, Won):
                     winners.append((started.index(lane), won))
             if winners:
+                winners.sort(key=lambda pair: pair[0])  # a tie goes to the earlier provider
+                await call._record(winners[0][1].attempt)  # before the losers end
                 break
             if not running:  # every lane failed: fall back to the next one
                 await start(hedge=False)
@@ -191,7 +196,7 @@ async def race(
             hedging.note(False)
     if not winners:
         return NOTHING
-    winners.sort(key=lambda pair: pair[0])  # a tie goes to the earlier provider
     for _, loser in winners[1:]:
         await call.discard(loser)
+        await call._record(loser.attempt)
     return winners[0][1]

@@ -329,16 +329,21 @@ class RetryingCall(HealthChecks):
                     result = await with_headers(headers, try_once(provider, name, request))
                 else:
                     result = await try_once(provider, name, request)
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as exc:
                 await self._abandon(gate)
+                attempt.duration = loop.time() - started
                 if lane.lost:  # another lane won the race
                     attempt.lost = True
-                    attempt.duration = loop.time() - started
+                else:
+                    attempt.error = exc
+                if not self._nested(provider):
                     await self._record(attempt)
                 raise
             except _SKIP_ERRORS as exc:
+                # Refused before any I/O: the attempt that started ends skipped.
                 await self._abandon(gate)
-                await self._skip(name, exc)
+                attempt.error, attempt.skipped = exc, True
+                await self._record(attempt)
                 return _NOTHING
             except ClientClosedError as exc:
                 # Nothing can succeed on a closed client: no retry, no fallback.
@@ -364,7 +369,8 @@ class RetryingCall(HealthChecks):
                         attempt.error = empty
                         await self._record(attempt)
                         return _NOTHING
-                    await self._record(attempt)
+                    if not lane.racing:
+                        await self._record(attempt)
                 return Won(result, attempt, gate)
             if isinstance(provider, RetryingCall):
                 # Its attempts are already in our list; it is never retried whole.

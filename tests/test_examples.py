@@ -26,3 +26,20 @@ def test_async_quickstart() -> None:
     assert out[0] == "complete: Paris is the capital of France. (OpenAI)"
     assert out[1] == "stream: Paris is the capital of France."
     assert out[2] == "after a 503: Paris is the capital of France. [OpenAI#1: 503, OpenAI#2: ok]"
+
+
+def test_observability_example_prints_the_log_lines_and_the_span_tree() -> None:
+    out = run_example("observability.py").splitlines()
+    assert [line.split()[1] for line in out[:4]] == [
+        "event=attempt",
+        "event=attempt",
+        "event=attempt",
+        "event=call",
+    ]
+    assert out[4] == "answer: Hello! How can I help you today? (Groq)"
+    assert out[5:] == [
+        "span: chat gpt-4o-mini ",
+        "span:   attempt OpenAI retry",
+        "span:   attempt OpenAI next",
+        "span:   attempt Groq success",
+    ]

@@ -7,7 +7,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -120,6 +121,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="upstream connections open at once to one upstream host (default: the same as"
         " --max-connections)",
     )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="serve Prometheus metrics at GET /metrics (behind --api-key like the API)",
+    )
+    parser.add_argument(
+        "--otel",
+        action="store_true",
+        help="OpenTelemetry tracing: continue callers' traceparent, a span per call, traceparent"
+        " sent upstream, spans exported as OTEL_EXPORTER_OTLP_* / OTEL_SERVICE_NAME say (needs"
+        f" pip install {' '.join(OTEL_PACKAGES)})",
+    )
     parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
 
 
@@ -203,8 +216,107 @@ def _allowed_hosts(args: argparse.Namespace) -> list[str]:
     return hosts
 
 
-def build_client(args: argparse.Namespace) -> tuple[chatkit.AsyncClient, list[Any]]:
-    """The client the gateway serves, and the provider instances it must start and close."""
+class OTelSetupError(chatkit.ChatkitError):
+    """``--otel`` cannot be set up: a package is missing, or an OTEL_* setting is unsupported."""
+
+
+# What --otel needs installed besides chatkit (the API comes with the SDK).
+OTEL_PACKAGES = ("opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http")
+DEFAULT_SERVICE_NAME = "chatkit-gateway"
+# How long a stop waits for the last spans to be exported.
+OTEL_FLUSH_TIMEOUT = 5.0
+
+
+def setup_otel() -> tuple[object, Callable[[], None]]:
+    """The OpenTelemetry hook for the gateway's client, and what flushes it at the end.
+
+    A TracerProvider and a MeterProvider (made the global ones) exporting over
+    OTLP/HTTP as the standard variables say: ``OTEL_EXPORTER_OTLP_ENDPOINT``
+    (and the ``_TRACES_`` / ``_METRICS_`` ones), ``..._HEADERS``,
+    ``..._TIMEOUT``, ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``,
+    ``OTEL_METRIC_EXPORT_INTERVAL``. ``OTEL_TRACES_EXPORTER`` and
+    ``OTEL_METRICS_EXPORTER`` may each be ``otlp`` (the default), ``console``
+    (stderr) or ``none``.
+    """
+    try:
+        from opentelemetry import metrics, trace
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import (
+            ConsoleMetricExporter,
+            MetricReader,
+            PeriodicExportingMetricReader,
+        )
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+        from chatkit.telemetry import OpenTelemetry
+    except ImportError as exc:
+        raise OTelSetupError(
+            f"--otel needs OpenTelemetry ({exc}): pip install {' '.join(OTEL_PACKAGES)}"
+        ) from None
+    span_kinds = _exporter_kinds("OTEL_TRACES_EXPORTER")
+    metric_kinds = _exporter_kinds("OTEL_METRICS_EXPORTER")
+    named = "OTEL_SERVICE_NAME" in os.environ or "service.name=" in os.environ.get(
+        "OTEL_RESOURCE_ATTRIBUTES", ""
+    )
+    # Resource.create() reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES.
+    resource = Resource.create({} if named else {"service.name": DEFAULT_SERVICE_NAME})
+    tracer_provider = TracerProvider(resource=resource)
+    for kind in span_kinds:
+        span_exporter = (
+            OTLPSpanExporter() if kind == "otlp" else ConsoleSpanExporter(out=sys.stderr)
+        )
+        tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    readers: list[MetricReader] = [
+        PeriodicExportingMetricReader(
+            OTLPMetricExporter() if kind == "otlp" else ConsoleMetricExporter(out=sys.stderr)
+        )
+        for kind in metric_kinds
+    ]
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(meter_provider)
+
+    def shutdown() -> None:
+        tracer_provider.shutdown()
+        meter_provider.shutdown(timeout_millis=OTEL_FLUSH_TIMEOUT * 1000)
+
+    def flush() -> None:
+        # Bounded: an unreachable collector must not hold the stop for long.
+        worker = threading.Thread(target=shutdown, name="chatkit-otel-flush", daemon=True)
+        worker.start()
+        worker.join(OTEL_FLUSH_TIMEOUT)
+
+    hook = OpenTelemetry(
+        tracer_provider=tracer_provider, meter_provider=meter_provider, propagate=True
+    )
+    return hook, flush
+
+
+def _exporter_kinds(variable: str) -> list[str]:
+    """The exporters an ``OTEL_*_EXPORTER`` variable names (default: otlp)."""
+    kinds = []
+    for kind in os.environ.get(variable, "otlp").split(","):
+        kind = kind.strip().lower()
+        if kind in ("otlp", "console"):
+            kinds.append(kind)
+        elif kind not in ("none", ""):
+            raise OTelSetupError(
+                f"{variable}={kind!r} is not supported by chatkit serve; use otlp, console or none"
+            )
+    return kinds
+
+
+def build_client(
+    args: argparse.Namespace, hooks: Sequence[object] = ()
+) -> tuple[chatkit.AsyncClient, list[Any]]:
+    """The client the gateway serves, and the provider instances it must start and close.
+
+    hooks: given to the client (``--otel``'s OpenTelemetry hook).
+    """
     names = [name.strip() for name in (args.provider or "").split(",") if name.strip()]
     instances: list[Any] = []
     provider: Any = None
@@ -229,6 +341,7 @@ def build_client(args: argparse.Namespace) -> tuple[chatkit.AsyncClient, list[An
         max_retries=args.retries,
         timeout=args.timeout,
         limits=_limits(args),
+        hooks=list(hooks) or None,
     )
     return client, instances
 
@@ -239,8 +352,13 @@ def run(args: argparse.Namespace) -> int:
 
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     _configure_logging(args, api_key)
+    flush_spans: Callable[[], None] | None = None
     try:
-        client, instances = build_client(args)
+        hooks: list[object] = []
+        if args.otel:
+            hook, flush_spans = setup_otel()
+            hooks.append(hook)
+        client, instances = build_client(args, hooks)
         app = create_app(
             client,
             api_key=api_key,
@@ -251,8 +369,12 @@ def run(args: argparse.Namespace) -> int:
             cors_origins=args.cors_origin,
             header_timeout=args.header_timeout,
             body_timeout=args.body_timeout,
+            metrics=args.metrics,
+            otel=args.otel,
         )
     except chatkit.ChatkitError as exc:
+        if flush_spans is not None:
+            flush_spans()
         if args.debug:
             raise
         print(error_line(exc), file=sys.stderr)
@@ -273,6 +395,10 @@ def run(args: argparse.Namespace) -> int:
     app.on_startup.append(start_local)
     app.on_cleanup.append(close_providers)
     auth = "bearer token required" if api_key else "no auth"
+    if args.metrics:
+        auth += ", metrics at /metrics"
+    if args.otel:
+        auth += ", OpenTelemetry on"
 
     def ready(url: str) -> None:
         print(f"chatkit serve: listening on {url} ({auth}); Ctrl-C stops", file=sys.stderr)
@@ -285,5 +411,8 @@ def run(args: argparse.Namespace) -> int:
             raise
         print(error_line(exc), file=sys.stderr)
         return 1
+    finally:
+        if flush_spans is not None:
+            flush_spans()
     print("chatkit serve: stopped", file=sys.stderr)
     return 0

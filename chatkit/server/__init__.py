@@ -2,7 +2,8 @@
 
 ``create_app(client)`` builds an aiohttp application with
 ``POST /v1/chat/completions`` (streamed as SSE, or not), ``GET /v1/models``,
-``GET /health`` and a chat page at ``GET /``; ``run(app)`` serves it on
+``GET /health``, a chat page at ``GET /`` and, with ``metrics=True``,
+Prometheus metrics at ``GET /metrics``; ``run(app)`` serves it on
 127.0.0.1 until Ctrl-C, ``serve(app)`` does the same inside a running loop::
 
     import chatkit
@@ -13,8 +14,10 @@
 
 The response to a streamed request is committed only when its first chunk
 has arrived, so upstream errors arrive as HTTP statuses with OpenAI-shaped
-bodies; see docs/gateway.md for the exact semantics. Layer L7: only the
-public chatkit API is used here.
+bodies; see docs/gateway.md for the exact semantics, docs/observability.md
+for metrics and tracing (``otel=True`` continues callers' W3C traces). Layer
+L7: only the public chatkit API is used here (and OpenTelemetry, imported
+only with ``otel=True``).
 """
 
 from ._app import (

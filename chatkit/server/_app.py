@@ -19,6 +19,7 @@ from ._failures import INTERNAL_FAILURE, Failure, failure_from
 from ._guard import GUARD, Guard, add_cors_headers, guard_middleware
 from ._handlers import GATEWAY, Gateway, chat_completions, health, list_models
 from ._logging import AccessLogger, escaped_traceback, printable, quiet_accept_errors
+from ._metrics import METRICS, Metrics, metrics_endpoint, metrics_middleware
 from ._page import add_page_routes
 
 __all__ = [
@@ -53,8 +54,8 @@ DEFAULT_BODY_TIMEOUT = 60.0
 # Handler tasks of the requests in progress, for a bounded shutdown.
 _IN_FLIGHT = web.AppKey("chatkit_in_flight", set[asyncio.Task[object]])
 
-# The API needs the key; the health check and the page (static files) do not.
-_PROTECTED = (chat_completions, list_models)
+# The API (and /metrics) needs the key; the health check and the page do not.
+_PROTECTED = (chat_completions, list_models, metrics_endpoint)
 
 
 def create_app(
@@ -68,6 +69,8 @@ def create_app(
     cors_origins: Iterable[str] | None = (),
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    metrics: bool = False,
+    otel: bool = False,
 ) -> web.Application:
     """An aiohttp application serving an OpenAI-compatible API on top of ``client``.
 
@@ -88,6 +91,12 @@ def create_app(
     header_timeout: seconds a connection may take to send a request head
         (counted from its opening, or from its previous answer when kept alive).
     body_timeout: seconds a request body may take to arrive (408 after).
+    metrics: serve Prometheus metrics at ``GET /metrics`` (behind ``api_key``
+        like the API); off, there is no such route and nothing is measured.
+    otel: continue the caller's trace: each chat request runs its call in the
+        OpenTelemetry context extracted from its headers (W3C ``traceparent``),
+        so the spans of a ``chatkit.telemetry.OpenTelemetry`` hook on
+        ``client`` join it. Needs the ``opentelemetry-api`` package.
     """
     if api_key is not None and (not isinstance(api_key, str) or not api_key):
         raise chatkit.InvalidRequestError("api_key must be a non-empty string", field="api_key")
@@ -100,6 +109,12 @@ def create_app(
             raise chatkit.InvalidRequestError(f"{name} must be a positive number", field=name)
     guard = Guard.build(allowed_hosts, cors_origins)
     middlewares: list[Middleware] = [_errors, _track, guard_middleware(guard)]
+    if otel:
+        middlewares.insert(0, _continue_trace())
+    measured = Metrics(client) if metrics else None
+    if measured is not None:
+        # Outermost, so that it sees every status, the middlewares' own included.
+        middlewares.insert(0, metrics_middleware(measured, chat_completions))
     if api_key is not None:
         middlewares.append(_bearer_auth(api_key))
     app = web.Application(
@@ -126,6 +141,9 @@ def create_app(
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)
+    if measured is not None:
+        app[METRICS] = measured
+        app.router.add_get("/metrics", metrics_endpoint)
     add_page_routes(app)
     if close_client:
 
@@ -134,6 +152,29 @@ def create_app(
 
         app.on_cleanup.append(_close)
     return app
+
+
+def _continue_trace() -> Middleware:
+    """Run each chat request in the OpenTelemetry context its headers carry."""
+    try:
+        from opentelemetry import context, propagate
+    except ImportError:
+        raise chatkit.InvalidRequestError(
+            'otel=True needs OpenTelemetry: pip install "chatkit[otel]"', field="otel"
+        ) from None
+
+    @web.middleware
+    async def continue_trace(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.match_info.handler is not chat_completions:
+            return await handler(request)
+        # Each request runs in its own task (and context): attached for this one only.
+        token = context.attach(propagate.extract(request.headers))
+        try:
+            return await handler(request)
+        finally:
+            context.detach(token)
+
+    return continue_trace
 
 
 @web.middleware

@@ -22,6 +22,7 @@ import chatkit
 
 from ._failures import INTERNAL_FAILURE, Failure, Refusal, failure_from
 from ._logging import escaped_traceback, printable
+from ._metrics import EXCHANGE, Exchange
 from ._wire import chunk_bytes, completion_bytes
 
 __all__ = ["GATEWAY", "Gateway", "chat_completions", "health", "list_models"]
@@ -117,16 +118,32 @@ def _call_arguments(body: Mapping[str, Any], default_model: str | None) -> dict[
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
+    # Set by the metrics middleware, only when metrics are on.
+    exchange = request.get(EXCHANGE)
     body = await _json_object(request, gateway.body_timeout)
     arguments = _call_arguments(body, gateway.default_model)
     create = gateway.client.chat.completions.create
-    if arguments["stream"] is True:
-        return await _stream(request, create(**arguments))
-    completion = await create(**arguments)
+    streamed = arguments["stream"] is True
+    if exchange is None:
+        if streamed:
+            return await _stream(request, create(**arguments), None)
+        completion = await create(**arguments)
+    else:
+        exchange.asked(arguments["model"], streamed)
+        try:
+            if streamed:
+                return await _stream(request, create(**arguments), exchange)
+            completion = await create(**arguments)
+        except Exception as exc:
+            exchange.failed(exc)
+            raise
+        exchange.answered(completion)
     return web.Response(body=completion_bytes(completion), content_type="application/json")
 
 
-async def _stream(request: web.Request, stream: chatkit.AsyncChatStream) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, stream: chatkit.AsyncChatStream, exchange: Exchange | None
+) -> web.StreamResponse:
     try:
         # Runs the call up to its first chunk: retries, fallbacks and error
         # statuses all happen here, before anything is sent.
@@ -134,9 +151,13 @@ async def _stream(request: web.Request, stream: chatkit.AsyncChatStream) -> web.
     except Exception:
         await stream.aclose()
         raise
+    if exchange is not None:
+        exchange.first_token()
     response = web.StreamResponse(headers=_SSE_HEADERS)
     try:
         await response.prepare(request)
+        if exchange is not None:
+            exchange.committed = True
         while True:
             try:
                 chunk = await anext(stream)
@@ -154,8 +175,12 @@ async def _stream(request: web.Request, stream: chatkit.AsyncChatStream) -> web.
                     printable(request.path),
                     detail,
                 )
+                if exchange is not None:
+                    exchange.interrupted = True
                 await response.write(failure.sse_event())
                 break
+            if exchange is not None:
+                exchange.chunk(chunk)
             await response.write(chunk_bytes(chunk))
         await response.write_eof()
     except ConnectionResetError:
