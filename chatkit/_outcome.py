@@ -1,19 +1,33 @@
-"""What one attempt produced, as the retry loop sees it.
+"""What one attempt produced, as the retry loop sees it, and the helpers
+that bound and close it.
 
 ``Opened``: a stream's attempt that reached content (or ended without any);
 ``empty_answer``: whether an answer had no content at all, for
-``RetryProvider(fallback_on_empty=True)``.
+``RetryProvider(fallback_on_empty=True)``; ``time_limit``, ``next_chunk``,
+``close_quietly``: one attempt's stream under a deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import NamedTuple
 
-from chatkit._errors import EmptyAnswerError
-from chatkit._types import ChatCompletion, ChatCompletionChunk
+import anyio
 
-__all__ = ["Opened", "empty_answer"]
+from chatkit._errors import APITimeoutError, ChatkitError, EmptyAnswerError
+from chatkit._types import ChatCompletion, ChatCompletionChunk
+from chatkit.providers._base import SupportsAclose
+
+__all__ = [
+    "Opened",
+    "close_quietly",
+    "empty_answer",
+    "min_seconds",
+    "next_chunk",
+    "time_limit",
+]
 
 
 class Opened(NamedTuple):
@@ -47,3 +61,44 @@ def empty_answer(result: object, name: str) -> EmptyAnswerError | None:
         provider=name,
         finish_reason=finish,
     )
+
+
+@contextlib.asynccontextmanager
+async def time_limit(limit: float | None, name: str, message: str) -> AsyncIterator[None]:
+    """Bound the body by ``limit`` seconds (None: unbounded); its expiry raises
+    ``APITimeoutError`` with ``"{name}: " + message`` (``{limit}`` filled in).
+
+    A ``TimeoutError`` the body raised itself (a chatkit timeout, or one
+    while the limit still held) passes through unchanged. asyncio.timeout,
+    not an anyio scope: the provider may hold scopes of its own across
+    yields, and an anyio scope must exit innermost-first.
+    """
+    try:
+        async with asyncio.timeout(max(limit, 0.0) if limit is not None else None) as scope:
+            yield
+    except TimeoutError as exc:
+        if not scope.expired() or isinstance(exc, ChatkitError):
+            raise
+        # Formatted only now: ``limit`` is a number whenever the scope expired.
+        raise APITimeoutError(f"{name}: {message.format(limit=limit)}", provider=name) from exc
+
+
+async def next_chunk(agen: AsyncIterator[ChatCompletionChunk]) -> ChatCompletionChunk | None:
+    try:
+        return await agen.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+def min_seconds(*values: float | None) -> float | None:
+    present = [v for v in values if v is not None]
+    return max(min(present), 0.0) if present else None
+
+
+async def close_quietly(agen: AsyncIterator[ChatCompletionChunk]) -> None:
+    # A provider's stream is usually an async generator, but any async
+    # iterator will do; one without aclose() has nothing to release.
+    if not isinstance(agen, SupportsAclose):
+        return
+    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+        await agen.aclose()

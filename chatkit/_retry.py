@@ -37,8 +37,6 @@ from chatkit._assemble import CompletionBuilder
 from chatkit._attempt import Attempt
 from chatkit._errors import (
     APIConnectionError,
-    APITimeoutError,
-    ChatkitError,
     ClientClosedError,
     InvalidRequestError,
     MissingAuthError,
@@ -56,7 +54,14 @@ from chatkit._health import (
 from chatkit._hedge import NOTHING as _NOTHING
 from chatkit._hedge import Hedging, Lane, Won, race
 from chatkit._hooks import CallInfo, HookRunner, request_headers, with_headers
-from chatkit._outcome import Opened, empty_answer
+from chatkit._outcome import (
+    Opened,
+    close_quietly,
+    empty_answer,
+    min_seconds,
+    next_chunk,
+    time_limit,
+)
 from chatkit._policy import RetryPolicy
 from chatkit._request import ChatRequest
 from chatkit._transport import HTTPCall
@@ -64,7 +69,6 @@ from chatkit._types import ChatCompletion, ChatCompletionChunk, set_provider
 from chatkit.providers import model_for
 from chatkit.providers._base import (
     Provider,
-    SupportsAclose,
     SupportsCheckRequest,
     SupportsComplete,
     provider_name,
@@ -168,13 +172,16 @@ class RetryingCall(HealthChecks):
         if root.hooks is not None and root.info is not None:
             await root.hooks.emit("on_breaker_change", root.info, name, old, new)
 
+    async def _tell_ended(self, attempt: Attempt) -> None:
+        root = self._root()
+        if root.hooks is not None and root.info is not None:
+            await root.hooks.emit("on_attempt_end", root.info, attempt)
+
     async def _record(self, attempt: Attempt) -> None:
         # Numbered as recorded: hedged attempts end in another order than they began.
         attempt.number = len(self.attempts) + 1
         self.attempts.append(attempt)
-        root = self._root()
-        if root.hooks is not None and root.info is not None:
-            await root.hooks.emit("on_attempt_end", root.info, attempt)
+        await self._tell_ended(attempt)
         logger.debug("%s: %s", self.label, attempt)  # formatted only when logged
         call: RetryingCall | None = self
         while call is not None:
@@ -287,7 +294,7 @@ class RetryingCall(HealthChecks):
         won.attempt.lost = True
         result = won.result
         if isinstance(result, Opened) and result.agen is not None:
-            await _close_quietly(result.agen)
+            await close_quietly(result.agen)
             await self._end(won.gate)
 
     async def lane(
@@ -334,10 +341,13 @@ class RetryingCall(HealthChecks):
                 attempt.duration = loop.time() - started
                 if lane.lost:  # another lane won the race
                     attempt.lost = True
-                else:
-                    attempt.error = exc
-                if not self._nested(provider):
                     await self._record(attempt)
+                elif not self._nested(provider):
+                    # Told to the hooks only: the call's attempts (and its
+                    # error, when a deadline did this) say what cut it short.
+                    attempt.error = exc
+                    attempt.number = len(self.attempts) + 1
+                    await self._tell_ended(attempt)
                 raise
             except _SKIP_ERRORS as exc:
                 # Refused before any I/O: the attempt that started ends skipped.
@@ -436,7 +446,7 @@ class RetryingCall(HealthChecks):
     ) -> ChatCompletion:
         limit = self._remaining()
         message = "no answer within the {limit:.3g}s left before the call's deadline"
-        async with _time_limit(limit, name, message):
+        async with time_limit(limit, name, message):
             completion = await self._complete_unbounded(provider, request)
         if completion.provider is None:
             set_provider(completion, name)
@@ -456,7 +466,7 @@ class RetryingCall(HealthChecks):
             async for chunk in agen:
                 builder.add(chunk)
         finally:
-            await _close_quietly(agen)
+            await close_quietly(agen)
         return builder.build()
 
     # -- streamed ------------------------------------------------------------
@@ -495,7 +505,7 @@ class RetryingCall(HealthChecks):
         finally:
             await self._end(self._stream_gate, used)
             if agen is not None:
-                await _close_quietly(agen)
+                await close_quietly(agen)
 
     def _interrupted(self, exc: Exception, name: str) -> StreamInterrupted:
         """The error for a failure after content, carrying the call's attempts."""
@@ -520,8 +530,8 @@ class RetryingCall(HealthChecks):
     async def _next_bounded(
         self, agen: AsyncIterator[ChatCompletionChunk], name: str
     ) -> ChatCompletionChunk | None:
-        async with _time_limit(self._remaining(), name, "the call's deadline was reached"):
-            return await _next(agen)
+        async with time_limit(self._remaining(), name, "the call's deadline was reached"):
+            return await next_chunk(agen)
 
     async def _open_stream(self, provider: _Runnable, name: str, request: ChatRequest) -> Opened:
         """Run one attempt up to its first content; hold back what came before."""
@@ -534,65 +544,24 @@ class RetryingCall(HealthChecks):
             agen = provider.stream(request, self.http)
             first_token = self.http.timeout.first_token
         held: list[ChatCompletionChunk] = []
-        limit = _min_seconds(first_token, self._remaining())
+        limit = min_seconds(first_token, self._remaining())
         message = "no content within {limit:.3g}s (first_token/total timeout)"
         try:
-            async with _time_limit(limit, name, message):
+            async with time_limit(limit, name, message):
                 async for chunk in agen:
                     held.append(chunk)
                     if chunk.has_content:
                         self.provider = chunk.provider or name
                         return Opened(agen, held, self.provider)
         except BaseException:
-            await _close_quietly(agen)
+            await close_quietly(agen)
             raise
         # The stream ended without content: a complete, empty answer.
         self.provider = held[0].provider if held and held[0].provider else name
         return Opened(None, held, self.provider)
 
 
-@contextlib.asynccontextmanager
-async def _time_limit(limit: float | None, name: str, message: str) -> AsyncIterator[None]:
-    """Bound the body by ``limit`` seconds (None: unbounded); its expiry raises
-    ``APITimeoutError`` with ``"{name}: " + message`` (``{limit}`` filled in).
-
-    A ``TimeoutError`` the body raised itself (a chatkit timeout, or one
-    while the limit still held) passes through unchanged. asyncio.timeout,
-    not an anyio scope: the provider may hold scopes of its own across
-    yields, and an anyio scope must exit innermost-first.
-    """
-    try:
-        async with asyncio.timeout(max(limit, 0.0) if limit is not None else None) as scope:
-            yield
-    except TimeoutError as exc:
-        if not scope.expired() or isinstance(exc, ChatkitError):
-            raise
-        # Formatted only now: ``limit`` is a number whenever the scope expired.
-        raise APITimeoutError(f"{name}: {message.format(limit=limit)}", provider=name) from exc
-
-
 def _attach_attempts(error: BaseException, attempts: list[Attempt]) -> None:
     """Every error that ends a call carries the call's attempts."""
     with contextlib.suppress(AttributeError):  # a foreign exception with __slots__
         error.attempts = attempts  # type: ignore[attr-defined]
-
-
-async def _next(agen: AsyncIterator[ChatCompletionChunk]) -> ChatCompletionChunk | None:
-    try:
-        return await agen.__anext__()
-    except StopAsyncIteration:
-        return None
-
-
-def _min_seconds(*values: float | None) -> float | None:
-    present = [v for v in values if v is not None]
-    return max(min(present), 0.0) if present else None
-
-
-async def _close_quietly(agen: AsyncIterator[ChatCompletionChunk]) -> None:
-    # A provider's stream is usually an async generator, but any async
-    # iterator will do; one without aclose() has nothing to release.
-    if not isinstance(agen, SupportsAclose):
-        return
-    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-        await agen.aclose()

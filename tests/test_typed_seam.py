@@ -18,7 +18,8 @@ import pytest
 
 import chatkit
 from chatkit import providers
-from chatkit._retry import RetryingCall, RetryingProvider, _time_limit
+from chatkit._outcome import time_limit
+from chatkit._retry import RetryingCall, RetryingProvider
 from chatkit._streaming import StreamResults
 from chatkit._types import ChatCompletion, ChatCompletionChunk, ChoiceDelta, ChunkChoice
 from chatkit.providers._base import (
@@ -150,7 +151,7 @@ async def test_handles_retries_false_keeps_the_client_retry_layer() -> None:
 
 async def test_time_limit_turns_its_own_expiry_into_api_timeout_error() -> None:
     with pytest.raises(chatkit.APITimeoutError) as caught:
-        async with _time_limit(0.01, "Slow", "nothing within {limit:.3g}s"):
+        async with time_limit(0.01, "Slow", "nothing within {limit:.3g}s"):
             await anyio.sleep(5)
     assert str(caught.value).startswith("Slow: nothing within 0.01s")
     assert caught.value.provider == "Slow"
@@ -160,12 +161,12 @@ async def test_time_limit_turns_its_own_expiry_into_api_timeout_error() -> None:
 async def test_time_limit_passes_other_timeouts_through() -> None:
     own = TimeoutError("the provider's own")
     with pytest.raises(TimeoutError) as caught:
-        async with _time_limit(5.0, "P", "unused {limit}"):
+        async with time_limit(5.0, "P", "unused {limit}"):
             raise own
     assert caught.value is own
     chatkit_timeout = chatkit.APITimeoutError("P: read timeout", provider="P")
     with pytest.raises(chatkit.APITimeoutError) as again:
-        async with _time_limit(None, "P", "unused {limit}"):
+        async with time_limit(None, "P", "unused {limit}"):
             raise chatkit_timeout
     assert again.value is chatkit_timeout
 
