@@ -45,7 +45,7 @@ from chatkit._errors import (
     StreamInterrupted,
     UnsupportedCapabilityError,
 )
-from chatkit._gate import CLOSED_GATE, HealthChecks, breaker_state, tokens_used
+from chatkit._gate import CLOSED_GATE, Gate, HealthChecks, breaker_state, tokens_used
 from chatkit._health import (
     CircuitBreaker,
     CircuitOpenError,
@@ -485,19 +485,20 @@ class RetryingCall(HealthChecks):
         own = self._deadline
         bounded = own is not None and (http_deadline is None or own < http_deadline)
         used: float | None = None
+        # Usage is looked for only when a rate budget will settle by it.
+        gate = self._stream_gate
+        settles = isinstance(gate, Gate) and gate.limit is not None
         try:
             for chunk in held:
                 yield chunk
             del held[:]
-            if agen is not None and bounded:
-                while (chunk_or_none := await self._next_bounded(agen, name)) is not None:
+            if agen is not None and (bounded or settles):
+                while (chunk_or_none := await self._next_bounded(agen, name, bounded)) is not None:
                     if chunk_or_none.usage is not None:
                         used = float(chunk_or_none.usage.total_tokens)
                     yield chunk_or_none
             elif agen is not None:
-                async for chunk in agen:
-                    if chunk.usage is not None:
-                        used = float(chunk.usage.total_tokens)
+                async for chunk in agen:  # the hot path: nothing per chunk
                     yield chunk
         except Exception as exc:
             self.http.scrub(exc)
@@ -528,8 +529,10 @@ class RetryingCall(HealthChecks):
         return interrupted
 
     async def _next_bounded(
-        self, agen: AsyncIterator[ChatCompletionChunk], name: str
+        self, agen: AsyncIterator[ChatCompletionChunk], name: str, bounded: bool = True
     ) -> ChatCompletionChunk | None:
+        if not bounded:
+            return await next_chunk(agen)
         async with time_limit(self._remaining(), name, "the call's deadline was reached"):
             return await next_chunk(agen)
 
