@@ -215,6 +215,8 @@ async def test_a_stream_has_a_first_content_event_and_time_to_first_chunk(
         "gen_ai.response.model": MODEL,
         "gen_ai.response.id": "chatcmpl-fake1",
         "gen_ai.response.finish_reasons": ("stop",),
+        "gen_ai.usage.input_tokens": 1,
+        "gen_ai.usage.output_tokens": 7,
         "server.address": "127.0.0.1",
         "server.port": port(server),
         "chatkit.provider": "OpenAI",
@@ -712,9 +714,9 @@ async def test_metrics_names_units_and_attributes(
     found = {
         p.attributes["gen_ai.token.type"]: (p.count, p.sum, dict(p.attributes)) for p in tokens
     }
-    assert found == {  # only the non-streamed call reported usage
-        "input": (1, 1, base | {"gen_ai.token.type": "input"}),
-        "output": (1, 7, base | {"gen_ai.token.type": "output"}),
+    assert found == {  # both calls: chatkit asks a stream for its usage too
+        "input": (2, 2, base | {"gen_ai.token.type": "input"}),
+        "output": (2, 14, base | {"gen_ai.token.type": "output"}),
     }
     unit, first = otel.points("gen_ai.client.operation.time_to_first_chunk")
     assert unit == "s"

@@ -167,6 +167,10 @@ class Capabilities:
     # every property required). The strict form is a valid JSON Schema for
     # any reader, so this is on unless a provider turns it off.
     strict_json_schema: bool = True
+    # Streams can end with a usage chunk (OpenAI's ``stream_options:
+    # {"include_usage": true}``): chatkit asks for it itself, so every
+    # answer carries usage, and folds it into the finishing chunk.
+    stream_usage: bool = True
 
     def missing_for(self, request: ChatRequest) -> str | None:
         """The first capability ``request`` needs and this provider lacks, or None."""

@@ -99,7 +99,19 @@ class OpenAI(HTTPProvider):
         body.update(request.params)
         body.update(request.extra_body)
         body["stream"] = stream
+        if stream and self._asks_usage(request):
+            body["stream_options"] = {"include_usage": True}
         return body
+
+    def _asks_usage(self, request: ChatRequest) -> bool:
+        """Whether chatkit adds ``include_usage`` itself (the caller did not set
+        ``stream_options``): then the usage-only chunk is folded into the
+        finishing chunk rather than handed to the caller."""
+        return (
+            self.capabilities.stream_usage
+            and "stream_options" not in request.params
+            and "stream_options" not in request.extra_body
+        )
 
     async def stream(
         self, request: ChatRequest, http: HTTPCall
@@ -113,6 +125,10 @@ class OpenAI(HTTPProvider):
         idle = 0
         # Dropped at the first event: the check at the end is for bodies with none.
         start: StreamStart | None = StreamStart()
+        # With usage asked for by chatkit, the finishing chunk waits for the
+        # usage-only chunk that follows it, and takes its usage.
+        folds = self._asks_usage(request)
+        ending: ChatCompletionChunk | None = None
         async with (
             http.open(
                 "POST",
@@ -150,20 +166,38 @@ class OpenAI(HTTPProvider):
                     # event text, stamp the provider, hand the chunk on.
                     text = event if isinstance(event, str) else event.data
                     if text == "[DONE]":
+                        if ending is not None:
+                            yield ending
                         return
                     try:
                         chunk: ChatCompletionChunk = validate(text)
                     except ValidationError as exc:
                         if _is_done(text):
+                            if ending is not None:
+                                yield ending
                             return
                         raise self._decode_error(text) from exc
                     choices = chunk.choices
+                    chunk.__dict__["provider"] = name  # what set_provider does, minus a call
+                    if ending is not None:
+                        if not choices and chunk.usage is not None:
+                            ending.usage, chunk = chunk.usage, ending
+                            ending = None
+                            yield chunk
+                            continue
+                        yield ending
+                        ending = None
                     if not choices:
                         self._check_choiceless(chunk, event)
                     elif choices[0].finish_reason:
                         finished = True
-                    chunk.__dict__["provider"] = name  # what set_provider does, minus a call
+                        if folds:
+                            ending = chunk
+                            continue
                     yield chunk
+            if ending is not None:
+                yield ending
+                ending = None
             tail = decoder.flush_messages()
             if start is not None and not tail:
                 # No event at all: a JSON error or a page is not a dropped stream.

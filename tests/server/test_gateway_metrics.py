@@ -120,8 +120,11 @@ async def test_counters_and_histograms_after_mixed_traffic() -> None:
             "stream_options": {"include_usage": True},
         }
         stream_status, stream = await post(url, streamed)
-        # A stream without usage: counted, timed, but no tokens to add.
-        bare_status, _ = await post(url, {"model": "gpt-b", "messages": MESSAGES, "stream": True})
+        # A stream whose caller did not ask for usage: chatkit asks upstream
+        # itself and folds it into the last chunk, so its tokens count too.
+        bare_status, bare = await post(
+            url, {"model": "gpt-b", "messages": MESSAGES, "stream": True}
+        )
         upstream.fail(1, 429, retry_after=0)
         limited, _ = await post(url, {"model": "gpt-a", "messages": MESSAGES})
         upstream.fail(1, 500)
@@ -142,7 +145,8 @@ async def test_counters_and_histograms_after_mixed_traffic() -> None:
 
     plain_in, plain_out = usage_of(plain, streamed=False)
     stream_in, stream_out = usage_of(stream, streamed=True)
-    assert plain_out > 0 and stream_out > 0
+    bare_in, bare_out = usage_of(bare, streamed=True)
+    assert plain_out > 0 and stream_out > 0 and bare_out > 0
     tokens = "chatkit_gateway_tokens_total"
     assert matching(samples, tokens) == {
         frozenset({("provider", "OpenAI"), ("model", "gpt-a"), ("type", "input")}): (
@@ -151,6 +155,8 @@ async def test_counters_and_histograms_after_mixed_traffic() -> None:
         frozenset({("provider", "OpenAI"), ("model", "gpt-a"), ("type", "output")}): (
             plain_out + stream_out
         ),
+        frozenset({("provider", "OpenAI"), ("model", "gpt-b"), ("type", "input")}): bare_in,
+        frozenset({("provider", "OpenAI"), ("model", "gpt-b"), ("type", "output")}): bare_out,
     }
 
     duration = "chatkit_gateway_request_duration_seconds"
