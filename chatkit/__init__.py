@@ -100,6 +100,9 @@ if TYPE_CHECKING or not _install_lazy_imports():
     from chatkit._health import RateBudgetError as RateBudgetError
     from chatkit._health import StateStore as StateStore
     from chatkit._policy import RetryPolicy as RetryPolicy
+    from chatkit._prices import PRICES as PRICES
+    from chatkit._prices import PRICES_AS_OF as PRICES_AS_OF
+    from chatkit._prices import Price as Price
     from chatkit._ratelimit import RateLimit as RateLimit
     from chatkit._request import OPENAI_PARAMS as OPENAI_PARAMS
     from chatkit._request import ChatRequest as ChatRequest

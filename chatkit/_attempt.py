@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chatkit._usage import CompletionUsage
+
 __all__ = ["Attempt"]
 
 _MAX_REASON = 300
@@ -27,6 +29,8 @@ class Attempt:
         (or its content discarded) and the connection closed.
     breaker: the provider's circuit when the attempt was admitted
         ("closed", "half_open": a probe, "open": skipped); None without a breaker.
+    usage, model: what an attempt that was billed but not delivered used (an
+        empty answer moved on from); None otherwise: the answer has its own.
     """
 
     provider: str
@@ -39,6 +43,8 @@ class Attempt:
     hedge: bool = False
     lost: bool = False
     breaker: str | None = None
+    usage: CompletionUsage | None = None
+    model: str | None = None
 
     @property
     def status_code(self) -> int | None:

@@ -34,6 +34,7 @@ from chatkit._health import (
     provider_identity,
 )
 from chatkit._hooks import CallInfo, HookRunner, observe_complete, observe_stream
+from chatkit._prices import Price, PriceTable
 from chatkit._proxy import ProxySettings
 from chatkit._request import ChatRequest, build_request, check_headers, strict_json_schema
 from chatkit._retry import RetryingCall, RetryPolicy, own_retrying_call
@@ -101,6 +102,9 @@ class AsyncClient:
     provider that keeps failing, for its single provider; a ``RetryProvider``
     takes its own. ``state`` is where that health lives (in memory by default).
     ``hooks`` are objects told what each call and attempt did (``chatkit.hooks``).
+    ``prices`` adds to (or overrides) the shipped price table that
+    ``completion.cost`` and ``stream.cost`` come from: ``{"openai:gpt-4o-mini":
+    chatkit.Price(input=0.15, output=0.60)}``, dollars per million tokens.
     A closed client raises ``ClientClosedError`` at once for every new call.
     """
 
@@ -120,9 +124,11 @@ class AsyncClient:
         breaker: CircuitBreaker | bool | None = None,
         state: StateStore | None = None,
         hooks: Sequence[object] | None = None,
+        prices: Mapping[str, Price] | None = None,
     ) -> None:
         self._api_key = _check_api_key(api_key)
         self._hooks = HookRunner(hooks) if hooks else None
+        self._prices = PriceTable(prices)
         self._breaker = CircuitBreaker.coerce(breaker)
         self._state = check_state(state)
         self._base_url = check_base_url(base_url) if base_url is not None else None
@@ -254,6 +260,7 @@ class AsyncClient:
                 breaker=self._breaker,
                 state=self._state if self._breaker or _rate_limited(provider) else None,
             )
+        call.prices = self._prices
         if self._hooks is not None:
             call.hooks = self._hooks
             call.info = CallInfo(request, call.label, call.attempts)
@@ -378,10 +385,12 @@ class _Completions:
         hooks, info = call.hooks, call.info
         if stream:
             if hooks is not None and info is not None:
-                chunks = observe_stream(hooks, info, call.stream())
+                chunks = observe_stream(hooks, info, call.stream(), self._client._prices.call_cost)
             else:
                 chunks = call.stream()
-            return AsyncChatStream(chunks, abort=http.abort, attempts=call.attempts)
+            return AsyncChatStream(
+                chunks, abort=http.abort, attempts=call.attempts, prices=self._client._prices
+            )
         if hooks is not None and info is not None:
             return observe_complete(hooks, info, call.complete())
         return call.complete()

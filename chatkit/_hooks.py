@@ -57,6 +57,7 @@ class CallInfo:
     provider: the provider that answered (None until one did).
     time_to_first_content: seconds from the start to the first content
         chunk (streams only).
+    cost: US dollars, at call end (``chatkit.Price``); None when unknown.
     text: the answer's text so far (assembled only while hooks are set).
     data: a place for hooks to keep their own per-call state.
     """
@@ -73,6 +74,7 @@ class CallInfo:
     finish_reason: str | None = None
     time_to_first_content: float | None = None
     duration: float | None = None
+    cost: float | None = None
     error: BaseException | None = None
     text: str = ""
     data: dict[str, Any] = field(default_factory=dict)
@@ -158,7 +160,7 @@ async def observe_complete(
         raise
     call.provider = completion.provider
     call.response_model, call.response_id = completion.model, completion.id
-    call.usage = completion.usage
+    call.usage, call.cost = completion.usage, completion.cost
     if completion.choices:
         choice = completion.choices[0]
         call.finish_reason, call.text = choice.finish_reason, choice.message.content or ""
@@ -167,11 +169,17 @@ async def observe_complete(
     return completion
 
 
+Coster = Callable[[str | None, str, CompletionUsage | None, list[Attempt]], float | None]
+
+
 async def observe_stream(
-    runner: HookRunner, call: CallInfo, chunks: AsyncGenerator[ChatCompletionChunk, None]
+    runner: HookRunner,
+    call: CallInfo,
+    chunks: AsyncGenerator[ChatCompletionChunk, None],
+    cost: Coster | None = None,
 ) -> AsyncIterator[ChatCompletionChunk]:
     """``chunks`` (a stream), with its call events: one more generator layer,
-    only while hooks are set."""
+    only while hooks are set. ``cost`` prices the answer at its end."""
     await runner.emit("on_call_start", call)
     error: BaseException | None = None
     pieces: list[str] = []
@@ -197,6 +205,8 @@ async def observe_stream(
         raise
     finally:
         call.text = "".join(pieces)
+        if cost is not None:
+            call.cost = cost(call.provider, call.response_model or "", call.usage, call.attempts)
         _ended(call, error)
         await runner.emit("on_call_end", call)
         await chunks.aclose()

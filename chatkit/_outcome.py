@@ -17,11 +17,12 @@ from typing import NamedTuple
 import anyio
 
 from chatkit._errors import APITimeoutError, ChatkitError, EmptyAnswerError
-from chatkit._types import ChatCompletion, ChatCompletionChunk
+from chatkit._types import ChatCompletion, ChatCompletionChunk, CompletionUsage
 from chatkit.providers._base import SupportsAclose
 
 __all__ = [
     "Opened",
+    "billed",
     "close_quietly",
     "empty_answer",
     "min_seconds",
@@ -36,6 +37,16 @@ class Opened(NamedTuple):
     agen: AsyncIterator[ChatCompletionChunk] | None
     held: list[ChatCompletionChunk]
     name: str
+
+
+def billed(result: object) -> tuple[CompletionUsage | None, str | None]:
+    """The usage and model of an answer that is not delivered (for its cost)."""
+    if isinstance(result, ChatCompletion):
+        return result.usage, result.model or None
+    if isinstance(result, Opened):
+        usage = next((chunk.usage for chunk in result.held if chunk.usage is not None), None)
+        return usage, result.held[0].model if result.held else None
+    return None, None
 
 
 def empty_answer(result: object, name: str) -> EmptyAnswerError | None:

@@ -56,6 +56,7 @@ from chatkit._hedge import Hedging, Lane, Won, race
 from chatkit._hooks import CallInfo, HookRunner, request_headers, with_headers
 from chatkit._outcome import (
     Opened,
+    billed,
     close_quietly,
     empty_answer,
     min_seconds,
@@ -63,6 +64,7 @@ from chatkit._outcome import (
     time_limit,
 )
 from chatkit._policy import RetryPolicy
+from chatkit._prices import PriceTable
 from chatkit._request import ChatRequest
 from chatkit._transport import HTTPCall
 from chatkit._types import ChatCompletion, ChatCompletionChunk, set_provider
@@ -149,6 +151,7 @@ class RetryingCall(HealthChecks):
     state: StateStore | None = None
     hedging: Hedging | None = None
     fallback_on_empty: bool = False
+    prices: PriceTable | None = None
     hooks: HookRunner | None = None
     info: CallInfo | None = None
     _parent: RetryingCall | None = field(default=None, init=False, repr=False)
@@ -377,6 +380,7 @@ class RetryingCall(HealthChecks):
                     empty = empty_answer(result, name) if self.fallback_on_empty else None
                     if empty is not None:  # nothing was delivered: the next provider
                         attempt.error = empty
+                        attempt.usage, attempt.model = billed(result)
                         await self._record(attempt)
                         return _NOTHING
                     if not lane.racing:
@@ -439,6 +443,8 @@ class RetryingCall(HealthChecks):
     async def complete(self) -> ChatCompletion:
         completion = await self._run(self._complete_once)
         completion._attempts = self.attempts
+        if self.prices is not None:
+            completion._cost = self.prices.completion_cost(completion)
         return completion
 
     async def _complete_once(

@@ -20,6 +20,7 @@ from typing import Any
 from chatkit._assemble import CompletionBuilder
 from chatkit._attempt import Attempt
 from chatkit._errors import StreamInterrupted
+from chatkit._prices import PriceTable
 from chatkit._types import ChatCompletion, ChatCompletionChunk, CompletionUsage
 from chatkit.providers._base import SupportsAclose
 
@@ -36,7 +37,14 @@ class StreamResults:
 
     _builder: CompletionBuilder
     _done: bool
+    _prices: PriceTable | None = None
     attempts: list[Attempt]
+
+    @property
+    def cost(self) -> float | None:
+        """US dollars the answer so far cost (see ``ChatCompletion.cost``);
+        None until the usage is known, or when a price is unknown."""
+        return self.get_final_completion().cost
 
     @property
     def text(self) -> str:
@@ -60,6 +68,8 @@ class StreamResults:
         """The completion assembled from every chunk so far."""
         completion = self._builder.build()
         completion._attempts = self.attempts
+        if self._prices is not None:
+            completion._cost = self._prices.completion_cost(completion)
         return completion
 
     def __repr__(self) -> str:
@@ -78,8 +88,10 @@ class AsyncChatStream(StreamResults):
         abort: Callable[[], None] | None = None,
         attempts: list[Attempt] | None = None,
         on_close: Callable[[], Awaitable[None]] | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         self._chunks = chunks
+        self._prices = prices
         # Bound once: __anext__ runs per chunk.
         self._next_chunk = chunks.__anext__
         self._abort = abort

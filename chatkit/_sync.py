@@ -34,6 +34,7 @@ from chatkit._client import AsyncClient
 from chatkit._config import DEFAULT_LIMITS, Limits, Timeout
 from chatkit._errors import StreamInterrupted
 from chatkit._health import CircuitBreaker, ProviderHealth, StateStore
+from chatkit._prices import Price
 from chatkit._streaming import StreamResults
 from chatkit._types import ChatCompletion, ChatCompletionChunk, Model
 from chatkit.providers._base import Provider
@@ -197,6 +198,7 @@ class Client:
         breaker: CircuitBreaker | bool | None = None,
         state: StateStore | None = None,
         hooks: Sequence[object] | None = None,
+        prices: Mapping[str, Price] | None = None,
     ) -> None:
         self._async = AsyncClient(
             provider,
@@ -212,6 +214,7 @@ class Client:
             breaker=breaker,
             state=state,
             hooks=hooks,
+            prices=prices,
         )
         self._streams: weakref.WeakSet[ChatStream] = weakref.WeakSet()
         self._streams_lock = threading.Lock()
@@ -261,6 +264,7 @@ class Client:
         # One copy of the text: the sync stream assembles what it hands over.
         astream._hand_over()
         stream = ChatStream(pump, attempts=astream.attempts, owner=self)
+        stream._prices = astream._prices
         with self._streams_lock:
             self._streams.add(stream)
         pump.start()

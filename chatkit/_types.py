@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from chatkit._attempt import Attempt
+from chatkit._usage import CompletionTokensDetails, CompletionUsage, PromptTokensDetails
 
 __all__ = [
     "ChatCompletion",
@@ -33,31 +34,8 @@ __all__ = [
 
 
 class _Wire(BaseModel):
+    # As chatkit._usage's: unknown wire fields are kept.
     model_config = ConfigDict(extra="allow", protected_namespaces=())
-
-
-class PromptTokensDetails(_Wire):
-    """What the prompt tokens were. ``cached_tokens``: read from the provider's cache."""
-
-    cached_tokens: int | None = None
-    audio_tokens: int | None = None
-
-
-class CompletionTokensDetails(_Wire):
-    """What the completion tokens were. ``reasoning_tokens``: spent thinking, not shown."""
-
-    reasoning_tokens: int | None = None
-    audio_tokens: int | None = None
-    accepted_prediction_tokens: int | None = None
-    rejected_prediction_tokens: int | None = None
-
-
-class CompletionUsage(_Wire):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    prompt_tokens_details: PromptTokensDetails | None = None
-    completion_tokens_details: CompletionTokensDetails | None = None
 
 
 class ChoiceDeltaFunctionCall(_Wire):
@@ -155,11 +133,18 @@ class ChatCompletion(_Wire):
     system_fingerprint: str | None = None
     provider: str | None = None
     _attempts: list[Attempt] = PrivateAttr(default_factory=list)
+    _cost: float | None = PrivateAttr(default=None)
 
     @property
     def attempts(self) -> list[Attempt]:
         """Every attempt made to produce this answer (see ``chatkit.Attempt``)."""
         return self._attempts
+
+    @property
+    def cost(self) -> float | None:
+        """US dollars this answer cost, billed attempts that were moved on from
+        included; None when a price or the usage is unknown (``chatkit.Price``)."""
+        return self._cost
 
     @property
     def text(self) -> str:
