@@ -16,7 +16,7 @@ from types import MappingProxyType
 from chatkit._attempt import Attempt
 from chatkit._config import is_number
 from chatkit._errors import InvalidRequestError
-from chatkit._types import ChatCompletion, CompletionUsage, PromptTokensDetails
+from chatkit._types import ChatCompletion, CompletionUsage
 
 __all__ = ["PRICES", "PRICES_AS_OF", "Price", "PriceTable"]
 
@@ -48,8 +48,9 @@ class Price:
 
     def cost(self, usage: CompletionUsage) -> float:
         """The dollars ``usage`` cost at this price."""
-        cached = _count(usage.prompt_tokens_details, "cached_tokens")
-        written = _count(usage.prompt_tokens_details, "cache_creation_tokens")
+        details = usage.prompt_tokens_details
+        cached = _count(details.cached_tokens) if details is not None else 0
+        written = _count(details.cache_creation_tokens) if details is not None else 0
         fresh = max(usage.prompt_tokens - cached - written, 0)
         total = fresh * self.input + usage.completion_tokens * self.output
         total += cached * (self.input if self.cached_input is None else self.cached_input)
@@ -147,10 +148,8 @@ class PriceTable:
         )
 
 
-def _count(details: PromptTokensDetails | None, name: str) -> int:
-    # cache_creation_tokens is a field Anthropic's usage adds (kept as an extra).
-    value = getattr(details, name, None) if details is not None else None
-    return value if isinstance(value, int) and value > 0 else 0
+def _count(value: int | None) -> int:
+    return value if value is not None and value > 0 else 0
 
 
 def _registry_name(provider: str) -> str:

@@ -15,9 +15,11 @@ class _Wire(BaseModel):
 
 
 class PromptTokensDetails(_Wire):
-    """What the prompt tokens were. ``cached_tokens``: read from the provider's cache."""
+    """What the prompt tokens were. ``cached_tokens``: read from the provider's
+    cache; ``cache_creation_tokens``: written to it (Anthropic)."""
 
     cached_tokens: int | None = None
+    cache_creation_tokens: int | None = None
     audio_tokens: int | None = None
 
 
