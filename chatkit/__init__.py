@@ -60,6 +60,7 @@ if TYPE_CHECKING or not _install_lazy_imports():
     from chatkit._attempt import Attempt as Attempt
     from chatkit._client import AsyncClient as AsyncClient
     from chatkit._config import Limits as Limits
+    from chatkit._counting import TokenCount as TokenCount
     from chatkit._config import Timeout as Timeout
     from chatkit._errors import APIConnectionError as APIConnectionError
     from chatkit._errors import APIError as APIError

@@ -24,6 +24,7 @@ from chatkit._config import (
     check_header_value,
     coerce_timeout,
 )
+from chatkit._counting import TokenCount, count_prompt
 from chatkit._errors import ClientClosedError, InvalidRequestError, ResponseDecodeError
 from chatkit._health import (
     CircuitBreaker,
@@ -171,6 +172,31 @@ class AsyncClient:
         identity = provider_identity(provider)
         limit = provider.rate_limit if isinstance(provider, RateLimited) else None
         return [health_of(provider_name(provider), identity, self._state, self._breaker, limit)]
+
+    async def count_tokens(
+        self,
+        messages: Any,
+        model: str | None = "",
+        *,
+        provider: ProviderSpec | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        timeout: TimeoutTypes = None,  # noqa: ASYNC109 - chatkit's Timeout, as create()
+    ) -> TokenCount:
+        """The tokens ``messages`` (and ``tools``) take for ``model``: exact from
+        the provider's counting endpoint (Anthropic, Gemini), otherwise an
+        estimate with ``estimated=True``. Validated like a call, before I/O."""
+        params: dict[str, Any] = {"tools": tools} if tools is not None else {}
+        request = build_request(
+            model=model, messages=messages, stream=False, params=params, timeout=timeout
+        )
+        self._check_open()
+        chosen, routed = self._choose(provider, request.model)
+        if routed != request.model:
+            request = dataclasses.replace(request, model=routed)
+        timeouts = request.timeout or self._timeout
+        return await count_prompt(
+            chosen, request, lambda: self._transport.call(timeout=timeouts, headers=self._headers)
+        )
 
     @property
     def timeout(self) -> Timeout:

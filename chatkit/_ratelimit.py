@@ -29,6 +29,7 @@ __all__ = [
     "RateBudget",
     "RateLimit",
     "RateSignal",
+    "estimate_prompt_tokens",
     "estimate_tokens",
     "read_rate_headers",
 ]
@@ -224,10 +225,15 @@ def read_rate_headers(headers: Mapping[str, str]) -> RateSignal | None:
     return RateSignal(left["requests"], left["tokens"], blocked)
 
 
+def estimate_prompt_tokens(messages: object) -> float:
+    """About 4 characters per token: an estimate, not a tokenizer."""
+    return len(repr(messages)) / 4.0
+
+
 def estimate_tokens(messages: object, max_tokens: object) -> float:
-    """A call's token cost before it is sent: about 4 characters per prompt
-    token, plus the most it may answer (``max_tokens``, else 1024)."""
-    prompt = len(repr(messages)) / 4.0
+    """A call's token cost before it is sent: the prompt's estimate plus the
+    most it may answer (``max_tokens``, else 1024)."""
+    prompt = estimate_prompt_tokens(messages)
     answer = float(max_tokens) if is_number(max_tokens) and max_tokens > 0 else 1024.0
     return prompt + answer
 

@@ -32,6 +32,7 @@ from chatkit._assemble import CompletionBuilder
 from chatkit._attempt import Attempt
 from chatkit._client import AsyncClient
 from chatkit._config import DEFAULT_LIMITS, Limits, Timeout
+from chatkit._counting import TokenCount
 from chatkit._errors import StreamInterrupted
 from chatkit._health import CircuitBreaker, ProviderHealth, StateStore
 from chatkit._prices import Price
@@ -219,6 +220,22 @@ class Client:
         self._streams: weakref.WeakSet[ChatStream] = weakref.WeakSet()
         self._streams_lock = threading.Lock()
         _live_clients.add(self)
+
+    def count_tokens(
+        self,
+        messages: Any,
+        model: str | None = "",
+        *,
+        provider: ProviderSpec | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        timeout: TimeoutTypes = None,
+    ) -> TokenCount:
+        """As ``AsyncClient.count_tokens``."""
+        return self._run(
+            self._async.count_tokens(
+                messages, model, provider=provider, tools=tools, timeout=timeout
+            )
+        )
 
     def health(self) -> list[ProviderHealth]:
         """As ``AsyncClient.health``: per provider, its breaker and calls in flight."""

@@ -79,6 +79,15 @@ class SupportsComplete(Protocol):
 
 
 @runtime_checkable
+class SupportsCountTokens(Protocol):
+    """A provider with a token counting endpoint (``client.count_tokens()``)."""
+
+    async def count_tokens(self, request: ChatRequest, http: HTTPCall) -> int:
+        """The tokens ``request``'s prompt (messages, system, tools) takes."""
+        ...
+
+
+@runtime_checkable
 class SupportsListModels(Protocol):
     """A provider with a model list endpoint (``client.models.list()``)."""
 

@@ -115,6 +115,10 @@ def _usage(*sources: Mapping[str, Any] | None) -> CompletionUsage:
     return CompletionUsage.model_validate(fields)
 
 
+# What the counting endpoint takes of a Messages request (no max_tokens, no stream).
+_COUNTED = ("model", "messages", "system", "tools", "tool_choice", "thinking")
+
+
 def _refine(error: APIStatusError, request_id: str | None) -> APIStatusError:
     """``error`` with what Anthropic's answer adds to it: the request id.
 
@@ -409,6 +413,25 @@ class Anthropic(HTTPProvider):
             return _completion(message, self.name)
         except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as exc:
             raise decode_error(self.name, "response is not a Message", raw) from exc
+
+    async def count_tokens(self, request: ChatRequest, http: HTTPCall) -> int:
+        """The prompt's tokens, from ``POST /v1/messages/count_tokens``."""
+        full = self._body(request, stream=False)
+        body = {key: full[key] for key in _COUNTED if key in full}
+        async with http.open(
+            "POST",
+            f"{self.base_url}/v1/messages/count_tokens",
+            provider=self.name,
+            headers=self._headers_for("application/json", request.extra_headers),
+            json_body=body,
+            proxy_settings=self.proxy_settings,
+        ) as response:
+            raw = await response.read()
+        answer = loads(raw, self.name, "token count")
+        count = answer.get("input_tokens") if isinstance(answer, dict) else None
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise decode_error(self.name, "token count has no input_tokens", raw)
+        return count
 
     async def list_models(self, http: HTTPCall) -> list[Model]:
         """Every model the key can use, following the list's pages."""

@@ -50,6 +50,7 @@ from chatkit.providers._common import (
     completion_from_chunk,
     decode_error,
     json_object,
+    loads,
     new_completion_id,
     new_tool_call_id,
     objects_with_string,
@@ -186,6 +187,28 @@ class Gemini(HTTPProvider):
                         yield chunk
         if not reader.finished:
             raise stream_ended_early(self.name, "a finishReason")
+
+    async def count_tokens(self, request: ChatRequest, http: HTTPCall) -> int:
+        """The prompt's tokens, from ``models/{model}:countTokens`` (the whole
+        request: system instruction and tools count too)."""
+        model = request.model or self.default_model
+        resource = model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
+        body = {"generateContentRequest": {"model": resource, **self._body(request)}}
+        opened = http.open(
+            "POST",
+            self._url(model, "countTokens"),
+            provider=self.name,
+            headers=self._headers_for("application/json", request.extra_headers),
+            json_body=body,
+            proxy_settings=self.proxy_settings,
+        )
+        async with translated_errors(opened, _refine) as response:
+            raw = await response.read()
+        answer = loads(raw, self.name, "token count")
+        count = answer.get("totalTokens") if isinstance(answer, dict) else None
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise decode_error(self.name, "token count has no totalTokens", raw)
+        return count
 
     async def complete(self, request: ChatRequest, http: HTTPCall) -> ChatCompletion:
         async with self._post(request, http, stream=False) as response:

@@ -333,7 +333,11 @@ class FakeAnthropicServer(FakeOpenAIServer):
         return self.url
 
     def _routes(self) -> list[web.RouteDef]:
-        return [web.post("/v1/messages", self._messages), web.get("/v1/models", self._list_models)]
+        return [
+            web.post("/v1/messages", self._messages),
+            web.post("/v1/messages/count_tokens", self._count_tokens),
+            web.get("/v1/models", self._list_models),
+        ]
 
     def _middlewares(self) -> list[Middleware]:
         return [*super()._middlewares(), self._identify]
@@ -390,6 +394,22 @@ class FakeAnthropicServer(FakeOpenAIServer):
             unparsable="There was an issue with your request body: invalid JSON",
             invalid=invalid_request,
         )
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        """``POST /v1/messages/count_tokens``: ``{"input_tokens": N}``, words as tokens."""
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        try:
+            body = await request.json()
+            messages = body["messages"]
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "messages: Field required")
+        if not isinstance(messages, list) or not isinstance(body.get("model"), str):
+            return _error(400, "model and messages are required")
+        if "max_tokens" in body or "stream" in body:
+            return _error(400, "max_tokens: Extra inputs are not permitted")
+        return web.json_response({"input_tokens": _prompt_tokens(body)})
 
     def _bad_request(self, message: str) -> web.Response:
         return _error(400, message)

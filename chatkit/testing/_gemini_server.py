@@ -330,6 +330,22 @@ class FakeGeminiServer(FakeOpenAIServer):
         }
         return _error(400, "API key not valid. Please pass a valid API key.", details=[detail])
 
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        """``models/{model}:countTokens``: ``{"totalTokens": N}``, words as tokens,
+        for ``contents`` or a whole ``generateContentRequest``."""
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        try:
+            body = await request.json()
+            inner = body.get("generateContentRequest") or body
+            contents = inner["contents"]
+            system = (inner.get("systemInstruction") or {}).get("parts")
+            total = _words(system) + sum(_words(c.get("parts")) for c in contents)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return _error(400, "Invalid countTokens request.")
+        return web.json_response({"totalTokens": total})
+
     async def _list_models(self, request: web.Request) -> web.Response:
         denied = self._unauthorized(request)
         if denied is not None:
@@ -362,6 +378,8 @@ class FakeGeminiServer(FakeOpenAIServer):
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["target"].partition(":")[2]
+        if method == "countTokens":
+            return await self._count_tokens(request)
         if method not in ("generateContent", "streamGenerateContent"):
             return _error(404, f"Method not found: {method or '(none)'}.")
         denied = self._unauthorized(request)

@@ -878,8 +878,12 @@ async def test_fake_server_plumbing(server: FakeGeminiServer) -> None:
     async with raw_client(server) as session:
         async with session.post(GENERATE, data=b"{") as response:
             assert response.status == 400
-        async with session.post("/v1beta/models/gemini-2.5-flash:countTokens", json=body) as r:
+        async with session.post("/v1beta/models/gemini-2.5-flash:embedContent", json=body) as r:
             assert r.status == 404 and (await r.json())["error"]["status"] == "NOT_FOUND"
+        async with session.post("/v1beta/models/gemini-2.5-flash:countTokens", json=body) as r:
+            assert (r.status, await r.json()) == (200, {"totalTokens": 1})
+        async with session.post("/v1beta/models/gemini-2.5-flash:countTokens", json={}) as r:
+            assert r.status == 400
         headers = {"x-fake-behavior": '{"nonsense": 1}'}
         async with session.post(GENERATE, json=body, headers=headers) as response:
             assert response.status == 400
