@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from health_support import ask
 
 import chatkit
 from chatkit import EmptyAnswerError
@@ -24,16 +25,6 @@ def chain(first: FakeOpenAIServer, second: FakeOpenAIServer, **options: Any) -> 
         Groq(base_url=second.base_url, api_key="sk-b"),
     ]
     return RetryProvider(members, strategy="ordered", **options)
-
-
-async def ask(client: chatkit.AsyncClient, stream: bool) -> tuple[str, str | None, list[Any]]:
-    if stream:
-        answer = await client.chat.completions.create(messages=MESSAGES, stream=True)
-        async with answer:
-            text = "".join([chunk.text async for chunk in answer])
-        return text, answer.provider, answer.attempts
-    completion = await client.chat.completions.create(messages=MESSAGES)
-    return completion.choices[0].message.content or "", completion.provider, completion.attempts
 
 
 @pytest.mark.parametrize("finish", ["stop", "content_filter", "length"])

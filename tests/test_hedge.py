@@ -17,6 +17,7 @@ import anyio
 import pytest
 import test_retry_harness as harness
 from aiohttp import web
+from health_support import ask, chat_route
 
 import chatkit
 from chatkit import InMemoryStore, RateLimit, Timeout
@@ -52,17 +53,6 @@ def hedged(first: FakeOpenAIServer, second: FakeOpenAIServer, **options: Any) ->
         Groq(base_url=second.base_url, api_key="sk-second"),
     ]
     return RetryProvider(members, **(settings | options))
-
-
-async def ask(client: chatkit.AsyncClient, stream: bool) -> tuple[str, str | None, list[Any]]:
-    """(text, provider, attempts) of one call."""
-    if stream:
-        answer = await client.chat.completions.create(messages=MESSAGES, stream=True)
-        async with answer:
-            text = "".join([chunk.text async for chunk in answer])
-        return text, answer.provider, answer.attempts
-    completion = await client.chat.completions.create(messages=MESSAGES)
-    return completion.choices[0].message.content or "", completion.provider, completion.attempts
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -251,17 +241,8 @@ async def echoing_server(delay: float) -> AsyncIterator[str]:
         await response.write_eof()
         return response
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        await runner.cleanup()
+    async with chat_route(handle) as url:
+        yield url
 
 
 async def test_each_hedged_attempt_is_scrubbed_of_its_own_key() -> None:
@@ -309,16 +290,8 @@ async def timed_server(
         await response.write_eof()
         return response
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handle)
-    runner = web.AppRunner(app, handler_cancellation=True)  # the loser's sleep ends
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-    finally:
-        await runner.cleanup()
+    async with chat_route(handle) as url:
+        yield url
 
 
 async def test_the_winner_learns_its_own_rate_limit_headers_not_the_losers() -> None:
