@@ -60,8 +60,8 @@ if TYPE_CHECKING or not _install_lazy_imports():
     from chatkit._attempt import Attempt as Attempt
     from chatkit._client import AsyncClient as AsyncClient
     from chatkit._config import Limits as Limits
-    from chatkit._counting import TokenCount as TokenCount
     from chatkit._config import Timeout as Timeout
+    from chatkit._counting import TokenCount as TokenCount
     from chatkit._errors import APIConnectionError as APIConnectionError
     from chatkit._errors import APIError as APIError
     from chatkit._errors import APIStatusError as APIStatusError
@@ -124,6 +124,7 @@ if TYPE_CHECKING or not _install_lazy_imports():
     from chatkit._types import Model as Model
     from chatkit._types import PromptTokensDetails as PromptTokensDetails
     from chatkit._types import ToolCall as ToolCall
+    from chatkit.redis_state import RedisState as RedisState
 
 # Lazily: the names the block lists; eagerly: the names it imported.
 _imported = {
