@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,7 +17,7 @@ import chatkit
 from chatkit.cli._common import error_line, seconds
 from chatkit.providers import PROVIDERS, Local, default_provider_class, get_provider_class
 
-__all__ = ["HELP", "add_arguments", "build_client", "run"]
+__all__ = ["HELP", "add_arguments", "build_client", "run", "worker_main"]
 
 HELP = "Serve an OpenAI-compatible API (/v1/chat/completions, /v1/models) and a chat page."
 
@@ -133,6 +134,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " sent upstream, spans exported as OTEL_EXPORTER_OTLP_* / OTEL_SERVICE_NAME say (needs"
         f" pip install {' '.join(OTEL_PACKAGES)})",
     )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="N gateway processes sharing the port, each with its own client; one that dies"
+        " is restarted (default 1: a single process)",
+    )
+    parser.add_argument("--breaker", action="store_true", help="skip failing upstreams a while")
+    parser.add_argument(
+        "--breaker-threshold",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="failures in the breaker's window that open it (default 5; implies --breaker)",
+    )
+    parser.add_argument(
+        "--state",
+        default=None,
+        metavar="URL",
+        help="keep provider health (breakers, rate budgets) in Redis, shared by every worker"
+        ' and gateway using it: redis://HOST:PORT/DB (needs pip install "chatkit[redis]")',
+    )
+    parser.add_argument(
+        "--state-prefix",
+        default=None,
+        metavar="PREFIX",
+        help="prefix of the --state keys (default chatkit:); one Redis, several deployments",
+    )
+    parser.add_argument(
+        "--state-timeout",
+        type=seconds,
+        default=None,
+        metavar="S",
+        help="seconds a --state operation may take before the call goes on with this"
+        " process's memory (default 0.005)",
+    )
     parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
 
 
@@ -193,9 +231,11 @@ def _secrets(args: argparse.Namespace, api_key: str | None) -> Iterator[str]:
 def _configure_logging(args: argparse.Namespace, api_key: str | None) -> None:
     from chatkit.server import RedactSecrets
 
+    # With several workers, each line says which process wrote it.
+    name = "%(name)s[%(process)d]" if args.workers > 1 else "%(name)s"
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {name}: %(message)s",
         stream=sys.stderr,
     )
     # On the handlers, so it sees every record, from any library's logger.
@@ -310,22 +350,67 @@ def _exporter_kinds(variable: str) -> list[str]:
     return kinds
 
 
+class StateSetupError(chatkit.ChatkitError):
+    """``--state`` cannot be set up: the redis package is missing."""
+
+
+def _state(args: argparse.Namespace) -> Any:
+    """``--state``'s ``RedisState``, or None."""
+    if args.state is None:
+        if args.state_prefix is not None or args.state_timeout is not None:
+            raise StateSetupError("--state-prefix and --state-timeout need --state URL")
+        return None
+    try:
+        import redis  # noqa: F401  (only to say what is missing, in one line)
+    except ImportError:
+        raise StateSetupError('--state needs redis: pip install "chatkit[redis]"') from None
+    options: dict[str, Any] = {}
+    if args.state_prefix is not None:
+        options["prefix"] = args.state_prefix
+    if args.state_timeout is not None:
+        options["timeout"] = args.state_timeout
+    return chatkit.RedisState(args.state, **options)
+
+
+def _breaker(args: argparse.Namespace, shared: bool) -> chatkit.CircuitBreaker | None:
+    if not args.breaker and args.breaker_threshold is None:
+        return None
+    options: dict[str, Any] = {}
+    if args.breaker_threshold is not None:
+        options["failure_threshold"] = args.breaker_threshold
+    if shared:
+        # Its times go to Redis and are compared by other processes, maybe on
+        # other hosts: the wall clock, not this process's monotonic one.
+        options["clock"] = time.time
+    return chatkit.CircuitBreaker(**options)
+
+
 def build_client(
     args: argparse.Namespace, hooks: Sequence[object] = ()
 ) -> tuple[chatkit.AsyncClient, list[Any]]:
-    """The client the gateway serves, and the provider instances it must start and close.
+    """The client the gateway serves, and what it must start and close with it.
 
+    That is the provider instances it made and ``--state``'s RedisState.
     hooks: given to the client (``--otel``'s OpenTelemetry hook).
     """
     names = [name.strip() for name in (args.provider or "").split(",") if name.strip()]
     instances: list[Any] = []
     provider: Any = None
+    state = _state(args)
+    breaker = _breaker(args, shared=state is not None)
+    client_breaker = breaker
     if len(names) > 1:
         # Built now, so that a missing key fails at start-up, not on every request.
         instances = [get_provider_class(name)() for name in names]
         provider = chatkit.RetryProvider(
-            instances, shuffle=False, single_provider_retry=True, max_retries=args.retries
+            instances,
+            shuffle=False,
+            single_provider_retry=True,
+            max_retries=args.retries,
+            breaker=breaker,
+            state=state,
         )
+        client_breaker = None  # the RetryProvider's own, per member
     elif names:
         provider = get_provider_class(names[0])
         if provider is Local:
@@ -342,17 +427,22 @@ def build_client(
         timeout=args.timeout,
         limits=_limits(args),
         hooks=list(hooks) or None,
+        breaker=client_breaker,
+        state=state,
     )
+    if state is not None:
+        instances.append(state)
     return client, instances
 
 
-def run(args: argparse.Namespace) -> int:
-    from chatkit.server import API_KEY_ENV, create_app
-    from chatkit.server import run as run_app
+def _gateway(args: argparse.Namespace, api_key: str | None) -> tuple[Any, Callable[[], None]]:
+    """The gateway's app (starting and closing what it needs), and what flushes --otel's spans.
 
-    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
-    _configure_logging(args, api_key)
-    flush_spans: Callable[[], None] | None = None
+    Raises ChatkitError for a bad setting (the spans flushed already).
+    """
+    from chatkit.server import create_app
+
+    flush_spans: Callable[[], None] = _no_spans
     try:
         hooks: list[object] = []
         if args.otel:
@@ -372,13 +462,9 @@ def run(args: argparse.Namespace) -> int:
             metrics=args.metrics,
             otel=args.otel,
         )
-    except chatkit.ChatkitError as exc:
-        if flush_spans is not None:
-            flush_spans()
-        if args.debug:
-            raise
-        print(error_line(exc), file=sys.stderr)
-        return 1
+    except chatkit.ChatkitError:
+        flush_spans()
+        raise
 
     async def start_local(app: Any) -> None:
         for provider in instances:
@@ -394,11 +480,44 @@ def run(args: argparse.Namespace) -> int:
 
     app.on_startup.append(start_local)
     app.on_cleanup.append(close_providers)
+    return app, flush_spans
+
+
+def _no_spans() -> None:
+    """What flushes the spans without --otel."""
+
+
+def _describe(args: argparse.Namespace, api_key: str | None) -> str:
     auth = "bearer token required" if api_key else "no auth"
     if args.metrics:
         auth += ", metrics at /metrics"
     if args.otel:
         auth += ", OpenTelemetry on"
+    if args.state is not None:
+        auth += ", shared state in Redis"
+    return auth
+
+
+def _fail(args: argparse.Namespace, exc: BaseException) -> int:
+    if args.debug:
+        raise exc
+    print(error_line(exc), file=sys.stderr)
+    return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    from chatkit.server import API_KEY_ENV
+    from chatkit.server import run as run_app
+
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    _configure_logging(args, api_key)
+    if args.workers > 1:
+        return _run_workers(args, api_key)
+    try:
+        app, flush_spans = _gateway(args, api_key)
+    except chatkit.ChatkitError as exc:
+        return _fail(args, exc)
+    auth = _describe(args, api_key)
 
     def ready(url: str) -> None:
         print(f"chatkit serve: listening on {url} ({auth}); Ctrl-C stops", file=sys.stderr)
@@ -407,12 +526,71 @@ def run(args: argparse.Namespace) -> int:
     try:
         run_app(app, host=args.host, port=args.port, on_ready=ready)
     except OSError as exc:  # the port is taken, the address is not ours, ...
-        if args.debug:
-            raise
-        print(error_line(exc), file=sys.stderr)
-        return 1
+        return _fail(args, exc)
     finally:
-        if flush_spans is not None:
-            flush_spans()
+        flush_spans()
     print("chatkit serve: stopped", file=sys.stderr)
+    return 0
+
+
+# How the parent starts a worker: a fresh interpreter (never a fork of the
+# parent), given its control channel's descriptor as the last argument.
+WORKER_COMMAND = (
+    sys.executable,
+    "-c",
+    "import sys; from chatkit.cli._serve import worker_main; sys.exit(worker_main())",
+)
+
+
+def _run_workers(args: argparse.Namespace, api_key: str | None) -> int:
+    """``--workers N``: the parent, which binds the port and supervises N workers."""
+    from chatkit.server._workers import Listener, Supervisor
+
+    if os.name != "posix":
+        return _fail(args, chatkit.ChatkitError("--workers needs Linux, macOS or another Unix"))
+    if args.metrics:
+        logging.getLogger("chatkit.server").warning(
+            "--metrics with --workers: each scrape of /metrics reports the one worker that"
+            " answers it (see docs/scale-out.md)"
+        )
+    # Each worker parses nothing: it gets these values (the key resolved) over its
+    # control channel, never on a command line or in the environment.
+    config = {**vars(args), "api_key": api_key}
+    try:
+        listener = Listener(args.host, args.port)
+    except OSError as exc:  # the port is taken, the address is not ours, ...
+        return _fail(args, exc)
+    auth = _describe(args, api_key)
+
+    def ready(url: str) -> None:
+        print(
+            f"chatkit serve: listening on {url} ({args.workers} workers, {auth}); Ctrl-C stops",
+            file=sys.stderr,
+        )
+        sys.stderr.flush()
+
+    try:
+        status = Supervisor(WORKER_COMMAND, config, args.workers, listener).run(ready)
+    finally:
+        listener.close()
+    if status == 0:
+        print("chatkit serve: stopped", file=sys.stderr)
+    return status
+
+
+def worker_main(argv: Sequence[str] | None = None) -> int:
+    """A worker of ``chatkit serve --workers N`` (WORKER_COMMAND runs it)."""
+    from chatkit.server._workers import receive_orders, serve_worker
+
+    orders = receive_orders(sys.argv if argv is None else argv)
+    args = argparse.Namespace(**orders.config)
+    _configure_logging(args, args.api_key)
+    try:
+        app, flush_spans = _gateway(args, args.api_key)
+    except chatkit.ChatkitError as exc:
+        return _fail(args, exc)
+    try:
+        serve_worker(app, orders)
+    finally:
+        flush_spans()
     return 0
