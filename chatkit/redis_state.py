@@ -93,7 +93,13 @@ class RedisState:
     poll: seconds between two looks at a full concurrency budget, while waiting
         for a slot another process frees.
     retry_interval: seconds after a Redis failure before Redis is tried again.
+        A reply slower than ``timeout`` is served from memory for that one
+        operation; only ``SLOW_REPLIES_TO_BACK_OFF`` slow replies in a row (or
+        an error) back off for ``retry_interval``: one hiccup under load must
+        not send a whole process to its own memory.
     """
+
+    SLOW_REPLIES_TO_BACK_OFF = 3
 
     LATENCY_WEIGHT = InMemoryStore.LATENCY_WEIGHT
     LATENCY_SAMPLES = InMemoryStore.LATENCY_SAMPLES
@@ -147,6 +153,7 @@ class RedisState:
         self._connected = False
         self._degraded = False  # serving from memory since the last failure
         self._retry_at = 0.0
+        self._slow_in_a_row = 0
         self._owner = secrets.token_hex(6)
         self._leases = itertools.count(1)
         self._tags: dict[str, str] = {}
@@ -227,10 +234,19 @@ class RedisState:
         try:
             async with asyncio.timeout(self._timeout if self._connected else self._connect_timeout):
                 reply = await self._scripts[script](keys=keys, args=args)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            self._slow_in_a_row += 1
+            if self._connected and self._slow_in_a_row < self.SLOW_REPLIES_TO_BACK_OFF:
+                self.redis_errors += 1  # slow once: memory serves this operation only
+                self.fallbacks += 1
+                return None
+            self._failed(exc)
+            return None
+        except (RedisError, OSError) as exc:
             self._failed(exc)
             return None
         self._connected = True
+        self._slow_in_a_row = 0
         if self._degraded:
             self._degraded = False
             logger.info(

@@ -577,3 +577,33 @@ async def _reserve_and_close(state: RedisState, identity: str, limit: RateLimit)
         return await state.reserve(identity, limit, 1.0)
     finally:
         await state.aclose()
+
+
+@pytest.mark.anyio
+async def test_one_slow_reply_is_served_from_memory_without_backing_off(
+    redis_server: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis.asyncio
+
+    breaker = CircuitBreaker(failure_threshold=3)
+    admin = redis.asyncio.from_url(redis_server.url)
+    caplog.set_level(logging.INFO, logger="chatkit.redis")
+    async with RedisState(redis_server.url, prefix, timeout=0.05, retry_interval=3600.0) as state:
+        try:
+            assert (await state.admit(IDENTITY, breaker, 0.0)).allowed  # connected
+            await admin.client_pause(300)  # every client waits 0.3 s: one slow reply
+            assert (await state.admit(IDENTITY, breaker, 0.0)).allowed  # from memory
+            assert (state.redis_errors, state.fallbacks) == (1, 1)
+            await admin.ping()  # answered once the pause is over
+            await state.record(IDENTITY, breaker, failed=True, probe=False, now=0.0)
+            assert state.fallbacks == 1  # Redis again at once, no back-off
+            await admin.client_pause(1000)  # slow three times in a row: back off
+            for _ in range(3):
+                await state.admit(IDENTITY, breaker, 0.0)
+            await admin.ping()
+            await state.admit(IDENTITY, breaker, 0.0)
+            assert state.fallbacks == 5  # the back-off serves this one from memory
+        finally:
+            await admin.aclose()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # the back-off, not the single slow reply
