@@ -23,6 +23,7 @@ import chatkit
 from ._failures import INTERNAL_FAILURE, Failure, Refusal, failure_from
 from ._logging import escaped_traceback, printable
 from ._metrics import EXCHANGE, Exchange
+from ._outbox import Outbox
 from ._wire import chunk_bytes, completion_bytes
 
 __all__ = ["GATEWAY", "Gateway", "chat_completions", "health", "list_models"]
@@ -154,15 +155,17 @@ async def _stream(
     if exchange is not None:
         exchange.first_token()
     response = web.StreamResponse(headers=_SSE_HEADERS)
+    outbox: Outbox | None = None
     try:
         await response.prepare(request)
         if exchange is not None:
             exchange.committed = True
+        outbox = Outbox(response)
         while True:
             try:
                 chunk = await anext(stream)
             except StopAsyncIteration:
-                await response.write(_DONE)
+                await outbox.put(_DONE)
                 break
             except Exception as exc:
                 failure = failure_from(exc)
@@ -177,11 +180,12 @@ async def _stream(
                 )
                 if exchange is not None:
                     exchange.interrupted = True
-                await response.write(failure.sse_event())
+                await outbox.put(failure.sse_event())
                 break
             if exchange is not None:
                 exchange.chunk(chunk)
-            await response.write(chunk_bytes(chunk))
+            await outbox.put(chunk_bytes(chunk))
+        await outbox.close()
         await response.write_eof()
     except ConnectionResetError:
         # The caller went away between two writes; the upstream request is
@@ -194,6 +198,8 @@ async def _stream(
     finally:
         # Also on cancellation (the caller disconnected while we waited for
         # upstream): closes the upstream response at once.
+        if outbox is not None:
+            await outbox.abandon()
         await stream.aclose()
     return response
 
