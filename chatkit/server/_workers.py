@@ -41,7 +41,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ._app import SHUTDOWN_TIMEOUT
+from ._app import LISTEN_BACKLOG, SHUTDOWN_TIMEOUT
 from ._handlers import health
 from ._logging import quiet_accept_errors
 
@@ -75,7 +75,6 @@ STOP_TIMEOUT = SHUTDOWN_TIMEOUT + 5.0
 RESTART_DELAY = 0.5
 MAX_RESTART_DELAY = 30.0
 STABLE_AFTER = 30.0
-BACKLOG = 128
 _READY = b"ready\n"
 # The supervisor looks at its workers at least this often (seconds).
 _POLL = 0.5
@@ -147,7 +146,7 @@ class Listener:
                 sock = _bind(family, address, reuse_port=True)
             else:
                 sock = _bind(family, address, reuse_port=False)
-                sock.listen(BACKLOG)
+                sock.listen(LISTEN_BACKLOG)
             self._held.append(sock)
             port = int(sock.getsockname()[1])
             self._addresses[index] = (family, (address[0], port, *address[2:]))
@@ -473,7 +472,7 @@ async def _serve_worker(app: web.Application, orders: Orders) -> None:
     try:
         await runner.setup()
         for sock in orders.sockets:
-            await web.SockSite(runner, sock, backlog=BACKLOG).start()
+            await web.SockSite(runner, sock, backlog=LISTEN_BACKLOG).start()
         with contextlib.suppress(OSError):
             control.send(_READY)
         await stop.wait()

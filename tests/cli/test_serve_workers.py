@@ -31,6 +31,7 @@ import pytest
 from redis_support import REDIS_SERVER, RedisServer
 
 from chatkit.server import SHUTDOWN_TIMEOUT
+from chatkit.server._app import LISTEN_BACKLOG
 from chatkit.server._workers import RESTART_DELAY, SHARED_SOCKET_ENV, STOP_TIMEOUT, WORKER_HEADER
 from chatkit.testing import Behavior, FakeOpenAIServer
 
@@ -486,3 +487,31 @@ def test_workers_share_one_breaker_through_redis(workers: int) -> None:
         assert "Traceback" not in served.log
     finally:
         redis_server.stop()
+
+
+def listen_backlogs(port: int) -> list[int]:
+    """The accept-queue sizes of the sockets listening on ``port`` (``ss``'s Send-Q)."""
+    out = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout
+    return [int(line.split()[2]) for line in out.splitlines() if line.strip()]
+
+
+def expected_backlog() -> int:
+    return min(LISTEN_BACKLOG, int(Path("/proc/sys/net/core/somaxconn").read_text()))
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_workers_listen_with_a_deep_accept_queue(shared: bool) -> None:
+    # aiohttp's default of 128 dropped thousands of connections in a burst.
+    env = environment(**{SHARED_SOCKET_ENV: "1"}) if shared else None
+    with (
+        FakeOpenAIServer().run_in_thread() as up,
+        gateway("--workers", "2", "--base-url", up.base_url, env=env) as served,
+    ):
+        served.wait_listening()
+        port = int(served.url.rsplit(":", 1)[1])
+        backlogs = listen_backlogs(port)
+        assert backlogs and all(b == expected_backlog() for b in backlogs), backlogs
+        assert len(backlogs) == (1 if shared else 2)
+        assert served.stop() == 0, served.log

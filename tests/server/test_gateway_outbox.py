@@ -14,10 +14,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import anyio
 import pytest
 from aiohttp import web
 from server_support import MESSAGES, gateway, running, upstream_client
 
+from chatkit.server._app import LISTEN_BACKLOG
 from chatkit.server._outbox import HIGH_WATER, Outbox
 from chatkit.server._wire import _dump, chunk_bytes, completion_bytes
 from chatkit.testing import Behavior, FakeOpenAIServer
@@ -195,3 +197,13 @@ def test_a_lone_surrogate_is_escaped_not_fatal() -> None:
     event = chunk_bytes(chunk)
     assert b"\\ud800" in event
     assert json.loads(event[6:-2])["choices"][0]["delta"]["content"] == "a\ud800b"
+
+
+async def test_the_gateway_listens_with_a_deep_accept_queue() -> None:
+    # aiohttp's default of 128 dropped thousands of connections in a burst.
+    async with FakeOpenAIServer() as upstream, gateway(upstream) as url:
+        port = url.rsplit(":", 1)[1]
+        done = await anyio.run_process(["ss", "-ltnH", f"sport = :{port}"])
+    somaxconn = int(await anyio.Path("/proc/sys/net/core/somaxconn").read_text())
+    backlogs = [int(line.split()[2]) for line in done.stdout.decode().splitlines()]
+    assert backlogs == [min(LISTEN_BACKLOG, somaxconn)]
