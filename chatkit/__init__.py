@@ -71,6 +71,7 @@ if TYPE_CHECKING or not _install_lazy_imports():
     from chatkit._errors import ChatkitError as ChatkitError
     from chatkit._errors import ClientClosedError as ClientClosedError
     from chatkit._errors import ConflictError as ConflictError
+    from chatkit._errors import ContentRefusedError as ContentRefusedError
     from chatkit._errors import EmptyAnswerError as EmptyAnswerError
     from chatkit._errors import InternalServerError as InternalServerError
     from chatkit._errors import InvalidRequestError as InvalidRequestError
@@ -100,6 +101,14 @@ if TYPE_CHECKING or not _install_lazy_imports():
     from chatkit._health import ProviderHealth as ProviderHealth
     from chatkit._health import RateBudgetError as RateBudgetError
     from chatkit._health import StateStore as StateStore
+    from chatkit._parsed import ParsedChatCompletion as ParsedChatCompletion
+    from chatkit._parsed import ParsedChatCompletionMessage as ParsedChatCompletionMessage
+    from chatkit._parsed import ParsedChoice as ParsedChoice
+    from chatkit._parsed import ParsedFunction as ParsedFunction
+    from chatkit._parsed import ParsedFunctionToolCall as ParsedFunctionToolCall
+    from chatkit._parsed import pydantic_function_tool as pydantic_function_tool
+    from chatkit._parsed_stream import AsyncParsedChatStream as AsyncParsedChatStream
+    from chatkit._parsed_stream import ParsedChatStream as ParsedChatStream
     from chatkit._policy import RetryPolicy as RetryPolicy
     from chatkit._prices import PRICES as PRICES
     from chatkit._prices import PRICES_AS_OF as PRICES_AS_OF
@@ -107,6 +116,8 @@ if TYPE_CHECKING or not _install_lazy_imports():
     from chatkit._ratelimit import RateLimit as RateLimit
     from chatkit._request import OPENAI_PARAMS as OPENAI_PARAMS
     from chatkit._request import ChatRequest as ChatRequest
+    from chatkit._resume import Resume as Resume
+    from chatkit._resume import ResumeRecord as ResumeRecord
     from chatkit._retry_provider import IterListProvider as IterListProvider
     from chatkit._retry_provider import RetryProvider as RetryProvider
     from chatkit._streaming import AsyncChatStream as AsyncChatStream

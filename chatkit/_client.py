@@ -7,12 +7,11 @@ the call to ``RetryingCall``. It owns one ``Transport`` (the aiohttp sessions).
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from chatkit._aliases import ProviderSpec, TimeoutTypes
 from chatkit._config import (
@@ -25,7 +24,7 @@ from chatkit._config import (
     coerce_timeout,
 )
 from chatkit._counting import TokenCount, count_prompt
-from chatkit._errors import ClientClosedError, InvalidRequestError, ResponseDecodeError
+from chatkit._errors import ClientClosedError, InvalidRequestError
 from chatkit._health import (
     CircuitBreaker,
     ProviderHealth,
@@ -35,12 +34,16 @@ from chatkit._health import (
     provider_identity,
 )
 from chatkit._hooks import CallInfo, HookRunner, observe_complete, observe_stream
+from chatkit._parsed import ParsedChatCompletion
+from chatkit._parsed_stream import AsyncParsedChatStream
 from chatkit._prices import Price, PriceTable
 from chatkit._proxy import ProxySettings
-from chatkit._request import ChatRequest, build_request, check_headers, strict_json_schema
+from chatkit._request import ChatRequest, build_request, check_headers
+from chatkit._resume import Resume
 from chatkit._retry import RetryingCall, RetryPolicy, own_retrying_call
 from chatkit._retry_provider import IterListProvider
 from chatkit._streaming import AsyncChatStream
+from chatkit._structured import prepare_parse
 from chatkit._transport import HTTPCall, Transport
 from chatkit._types import ChatCompletion, Model
 from chatkit.providers import (
@@ -60,7 +63,7 @@ from chatkit.providers._base import (
     supports_strict_schema,
 )
 
-__all__ = ["AsyncClient", "parse_content"]
+__all__ = ["AsyncClient"]
 
 BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
 
@@ -106,6 +109,9 @@ class AsyncClient:
     ``prices`` adds to (or overrides) the shipped price table that
     ``completion.cost`` and ``stream.cost`` come from: ``{"openai:gpt-4o-mini":
     chatkit.Price(input=0.15, output=0.60)}``, dollars per million tokens.
+    ``resume`` (``True`` or a ``chatkit.Resume``) continues a stream that broke
+    off after content on a provider that can continue it (docs/resilience.md);
+    it overrides a ``RetryProvider``'s own ``resume``.
     A closed client raises ``ClientClosedError`` at once for every new call.
     """
 
@@ -126,8 +132,10 @@ class AsyncClient:
         state: StateStore | None = None,
         hooks: Sequence[object] | None = None,
         prices: Mapping[str, Price] | None = None,
+        resume: Resume | bool | None = None,
     ) -> None:
         self._api_key = _check_api_key(api_key)
+        self._resume = Resume.coerce(resume)
         self._hooks = HookRunner(hooks) if hooks else None
         self._prices = PriceTable(prices)
         self._breaker = CircuitBreaker.coerce(breaker)
@@ -287,6 +295,8 @@ class AsyncClient:
                 state=self._state if self._breaker or _rate_limited(provider) else None,
             )
         call.prices = self._prices
+        if self._resume is not None:
+            call.resume = self._resume
         if self._hooks is not None:
             call.hooks = self._hooks
             call.info = CallInfo(request, call.label, call.attempts)
@@ -415,71 +425,109 @@ class _Completions:
             else:
                 chunks = call.stream()
             return AsyncChatStream(
-                chunks, abort=http.abort, attempts=call.attempts, prices=self._client._prices
+                chunks,
+                abort=http.abort,
+                attempts=call.attempts,
+                prices=self._client._prices,
+                resumes=call.resumes,
             )
         if hooks is not None and info is not None:
             return observe_complete(hooks, info, call.complete())
         return call.complete()
 
-    async def parse(
+    @overload
+    def parse(
+        self,
+        messages: Any = ...,
+        model: str | None = ...,
+        *,
+        response_format: type[BaseModelT],
+        stream: Literal[False] = False,
+        max_validation_retries: int = ...,
+        **kwargs: Any,
+    ) -> Coroutine[Any, Any, ParsedChatCompletion[BaseModelT]]: ...
+
+    @overload
+    def parse(
+        self,
+        messages: Any = ...,
+        model: str | None = ...,
+        *,
+        response_format: type[BaseModelT],
+        stream: Literal[True],
+        max_validation_retries: int = ...,
+        **kwargs: Any,
+    ) -> AsyncParsedChatStream[BaseModelT]: ...
+
+    @overload
+    def parse(
+        self,
+        messages: Any = ...,
+        model: str | None = ...,
+        *,
+        response_format: None = None,
+        stream: Literal[False] = False,
+        max_validation_retries: int = ...,
+        **kwargs: Any,
+    ) -> Coroutine[Any, Any, ParsedChatCompletion[None]]: ...
+
+    @overload
+    def parse(
+        self,
+        messages: Any = ...,
+        model: str | None = ...,
+        *,
+        response_format: None = None,
+        stream: Literal[True],
+        max_validation_retries: int = ...,
+        **kwargs: Any,
+    ) -> AsyncParsedChatStream[Any]: ...
+
+    def parse(
         self,
         messages: Any = None,
         model: str | None = "",
         *,
-        response_format: type[BaseModelT],
+        response_format: type[BaseModel] | None = None,
+        stream: bool = False,
+        max_validation_retries: int = 0,
         **kwargs: Any,
-    ) -> BaseModelT:
-        """Ask for JSON matching a pydantic model and return the validated object.
+    ) -> Coroutine[Any, Any, ParsedChatCompletion[Any]] | AsyncParsedChatStream[Any]:
+        """Ask for JSON matching a pydantic model; get a ``ParsedChatCompletion``
+        (the validated object at ``.parsed`` / ``choices[0].message.parsed``).
 
-        The model's JSON schema is sent as ``response_format`` (``json_schema``).
-        A provider that declares ``Capabilities.strict_json_schema`` (OpenAI
-        and its compatible presets) gets ``"strict": true`` and the schema in
-        the strict form OpenAI demands (see ``strict_json_schema``). An answer
-        that does not validate raises ``ResponseDecodeError``.
+        The schema goes as ``response_format`` (``json_schema``), in OpenAI's
+        strict form with ``"strict": true`` for a provider that declares
+        ``Capabilities.strict_json_schema``. ``tools`` made by
+        ``chatkit.pydantic_function_tool`` get their arguments validated.
+        ``max_validation_retries``: answers that do not validate are fed back
+        with the error, within the call's ``timeout``; then
+        ``ResponseDecodeError``. A refusal raises ``ContentRefusedError``.
+        ``stream=True``: an ``AsyncParsedChatStream`` of partial objects.
+        See docs/structured-outputs.md.
         """
-        if not (isinstance(response_format, type) and issubclass(response_format, BaseModel)):
-            raise InvalidRequestError(
-                "response_format must be a pydantic model class", field="response_format"
-            )
-        if kwargs.get("stream"):
-            raise InvalidRequestError("parse() does not stream", field="stream")
-        kwargs.pop("stream", None)
-        if model is not None and not isinstance(model, str):
-            raise InvalidRequestError(
-                f"model: must be a string, got {type(model).__name__}", field="model"
-            )
-        self._client._check_open()
-        provider, _ = self._client._choose(kwargs.get("provider"), model or "")
-        schema: dict[str, Any] = response_format.model_json_schema()
-        spec: dict[str, Any] = {"name": _schema_name(response_format)}
-        if supports_strict_schema(provider):
-            spec["schema"] = strict_json_schema(schema)
-            spec["strict"] = True
-        else:
-            spec["schema"] = schema
-        fmt = {"type": "json_schema", "json_schema": spec}
-        completion = await self.create(messages, model, response_format=fmt, **kwargs)
-        return parse_content(completion, response_format)
+        client = self._client
 
+        def strict() -> bool:
+            client._check_open()
+            chosen, _ = client._choose(kwargs.get("provider"), model or "")
+            return supports_strict_schema(chosen)
 
-def _schema_name(model: type[BaseModel]) -> str:
-    # OpenAI accepts ^[a-zA-Z0-9_-]{1,64}$; a generic model is named "Page[Item]".
-    return re.sub(r"[^a-zA-Z0-9_-]", "_", model.__name__)[:64] or "response"
-
-
-def parse_content(completion: ChatCompletion, model: type[BaseModelT]) -> BaseModelT:
-    """Validate a completion's JSON answer (tolerating a Markdown code fence)."""
-    text = completion.text.strip()
-    if text.startswith("```"):
-        text = text.split("\n", 1)[-1].rsplit("```", 1)[0]
-    try:
-        return model.model_validate_json(text)
-    except ValidationError as exc:
-        raise ResponseDecodeError(
-            f"{completion.provider}: the answer is not a valid {model.__name__}:"
-            f" {exc.errors()[0].get('msg', exc)}; answer was {text[:200]!r}",
-            provider=completion.provider,
-        ) from exc
+        call = prepare_parse(
+            self.create,
+            messages=messages,
+            model=model,
+            response_format=response_format,
+            stream=stream,
+            max_validation_retries=max_validation_retries,
+            kwargs=kwargs,
+            strict=strict,
+            default_timeout=client._timeout,
+            prices=client._prices,
+        )
+        if stream:
+            return AsyncParsedChatStream(call)
+        return call.complete()
 
 
 class _Chat:

@@ -28,6 +28,7 @@ g4f names users already catch::
         │   ├── ProxyError
         │   └── StreamInterrupted                     the stream broke off; carries partial text
         ├── EmptyAnswerError                          no content at all (fallback_on_empty)
+        ├── ContentRefusedError                       parse(): the model refused; carries why
         ├── ResponseDecodeError                       the provider sent something unparseable
         │   ├── SSEDecodeError                        an SSE line or event over the size cap
         │   └── ResponseTooLargeError                 a body over its size cap
@@ -429,3 +430,28 @@ def error_from_event(payload: Any, *, provider: str | None = None) -> APIStatusE
 
 # Every class in __all__ is exported by chatkit (OpenAIError is ChatkitError).
 public(*{value for value in map(globals().get, __all__) if isinstance(value, type)})
+
+
+class ContentRefusedError(APIError):
+    """``parse()``: the model refused instead of answering (OpenAI's
+    ``message.refusal``), or the provider stopped the answer with a content
+    filter (``finish_reason="content_filter"``: Anthropic's ``refusal`` stop
+    reason, Gemini's safety stop). ``refusal`` is the refusal text (what the
+    answer held for a filtered one, possibly ""); ``finish_reason`` how it
+    ended. Not retried: asking again is the caller's choice."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        refusal: str = "",
+        provider: str | None = None,
+        finish_reason: str | None = None,
+    ) -> None:
+        super().__init__(message, provider=provider)
+        self.refusal = refusal
+        self.finish_reason = finish_reason
+
+
+__all__.append("ContentRefusedError")
+public(ContentRefusedError)

@@ -18,7 +18,6 @@ overall deadline) and attempt list, so the caller sees every leaf attempt.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import (
@@ -35,12 +34,11 @@ import anyio
 
 from chatkit._assemble import CompletionBuilder
 from chatkit._attempt import Attempt
+from chatkit._call_errors import attach_attempts, call_failure, interrupted_error
 from chatkit._errors import (
-    APIConnectionError,
     ClientClosedError,
     InvalidRequestError,
     MissingAuthError,
-    RetryNoProviderError,
     RetryProviderError,
     StreamInterrupted,
     UnsupportedCapabilityError,
@@ -66,6 +64,7 @@ from chatkit._outcome import (
 from chatkit._policy import RetryPolicy
 from chatkit._prices import PriceTable
 from chatkit._request import ChatRequest
+from chatkit._resume import Resume, ResumeRecord, can_continue, prefilled_messages, resume_stream
 from chatkit._transport import HTTPCall
 from chatkit._types import ChatCompletion, ChatCompletionChunk, set_provider
 from chatkit.providers import model_for
@@ -154,7 +153,12 @@ class RetryingCall(HealthChecks):
     prices: PriceTable | None = None
     hooks: HookRunner | None = None
     info: CallInfo | None = None
+    resume: Resume | None = None
+    resumes: list[ResumeRecord] = field(default_factory=list)
     _parent: RetryingCall | None = field(default=None, init=False, repr=False)
+    # Who answered (the leaf provider and the call that ran it), for a resume.
+    _leaf: tuple[Provider, RetryingCall] | None = field(default=None, init=False, repr=False)
+    _openers: dict[int, _Runnable] = field(default_factory=dict, init=False, repr=False)
     _deadline: float | None = field(default=None, init=False, repr=False)
     _first: int = field(default=0, init=False, repr=False)
     _timed_out: bool = field(default=False, init=False, repr=False)
@@ -290,6 +294,8 @@ class RetryingCall(HealthChecks):
             self.provider = result.name
             if result.agen is not None:
                 self._stream_gate = won.gate  # the stream holds it until its end
+                opener = self._openers.pop(id(result.agen))  # set when it reached content
+                self._leaf = opener._leaf if isinstance(opener, RetryingCall) else (opener, self)
         return result
 
     async def discard(self, won: Won) -> None:
@@ -364,7 +370,7 @@ class RetryingCall(HealthChecks):
                 attempt.error = exc
                 attempt.duration = loop.time() - started
                 await self._record(attempt)
-                _attach_attempts(exc, self.attempts)
+                attach_attempts(exc, self.attempts)
                 raise
             except Exception as exc:
                 error: Exception = exc
@@ -409,33 +415,9 @@ class RetryingCall(HealthChecks):
         await self._record(attempt)
 
     def _failure(self) -> BaseException:
-        mine = self.attempts[self._first :]
-        tried = [a for a in mine if not a.skipped]
-        lines = "\n".join(f"  {a.describe()}" for a in mine)
-        if not self.aggregate and tried and tried[-1].error is not None:
-            error = tried[-1].error
-            if len(mine) > 1:
-                error.add_note(f"chatkit made {len(mine)} attempts:\n{lines}")
-            _attach_attempts(error, self.attempts)
-            return error
-        if not tried:
-            # Every provider's circuit open: say when each half-opens (below).
-            circuits_open = bool(mine) and all(isinstance(a.error, CircuitOpenError) for a in mine)
-            if not self.aggregate and mine and mine[-1].error is not None and not circuits_open:
-                _attach_attempts(mine[-1].error, self.attempts)
-                return mine[-1].error
-            if lines:
-                reason = f":\n{lines}"
-            elif self._timed_out:
-                reason = ": the call's deadline was reached"
-            else:
-                reason = ": the provider list is empty"
-            return RetryNoProviderError(
-                f"{self.label}: no provider could be tried{reason}", attempts=mine
-            )
-        deadline = " (the call's deadline was reached)" if self._timed_out else ""
-        return RetryProviderError(
-            f"{self.label}: all {len(tried)} attempts failed{deadline}:\n{lines}", attempts=mine
+        timed_out, label = self._timed_out, self.label
+        return call_failure(
+            self.attempts, self._first, aggregate=self.aggregate, label=label, timed_out=timed_out
         )
 
     # -- non-streamed --------------------------------------------------------
@@ -477,7 +459,37 @@ class RetryingCall(HealthChecks):
 
     # -- streamed ------------------------------------------------------------
 
-    async def stream(self) -> AsyncGenerator[ChatCompletionChunk, None]:
+    def stream(self) -> AsyncGenerator[ChatCompletionChunk, None]:
+        """The answer's chunks; with ``resume`` (on the outermost call), continued
+        after a resumable break (``_resume``), otherwise ``piece()``."""
+        if self.resume is not None and self._parent is None:
+            return resume_stream(self, self.resume)
+        return self.piece()
+
+    def continuation(self, prefill: str, others: bool) -> RetryingCall | None:
+        """A call continuing this answer from ``prefill`` (see ``_resume.Resumable``)."""
+        if self._leaf is None or not can_continue(self._leaf[0]):
+            return None
+        leaf, owner = self._leaf
+        messages = prefilled_messages(owner.request.messages, prefill)
+        if messages is None:
+            return None
+        members = [m for m in owner.candidates if others and m is not leaf and can_continue(m)]
+        members = [m for m in members if not (isinstance(m, type) and type(leaf) is m)]
+        call = dataclasses.replace(
+            owner,
+            candidates=[leaf, *members],
+            request=dataclasses.replace(owner.request, messages=messages),
+            on_attempt=None,
+            hedging=None,
+            timeout=None,
+            resume=None,
+        )
+        self._adopt(call)
+        call._deadline = self._deadline
+        return call
+
+    async def piece(self) -> AsyncGenerator[ChatCompletionChunk, None]:
         """The chunks of the first attempt that reaches content, then the rest of it.
 
         After content, a failure raises ``StreamInterrupted`` whose
@@ -516,23 +528,7 @@ class RetryingCall(HealthChecks):
 
     def _interrupted(self, exc: Exception, name: str) -> StreamInterrupted:
         """The error for a failure after content, carrying the call's attempts."""
-        if isinstance(exc, StreamInterrupted) and exc.attempts is self.attempts:
-            return exc  # already built by a nested RetryingCall sharing our attempts
-        cause: BaseException = exc
-        if isinstance(exc, StreamInterrupted):
-            # A provider that raised StreamInterrupted itself: keep its cause,
-            # or the connection failure it stands for, never a nested one.
-            inner = exc.cause or exc.__cause__
-            if inner is None or isinstance(inner, StreamInterrupted):
-                inner = APIConnectionError(exc.message, provider=exc.provider or name)
-            cause = inner
-        interrupted = StreamInterrupted(
-            f"{name}: the stream broke off after content had been delivered: {cause}",
-            provider=name,
-            cause=cause,
-        )
-        _attach_attempts(interrupted, self.attempts)
-        return interrupted
+        return interrupted_error(exc, name, self.attempts)
 
     async def _next_bounded(
         self, agen: AsyncIterator[ChatCompletionChunk], name: str, bounded: bool = True
@@ -546,7 +542,7 @@ class RetryingCall(HealthChecks):
         """Run one attempt up to its first content; hold back what came before."""
         agen: AsyncIterator[ChatCompletionChunk]
         if isinstance(provider, RetryingCall):
-            agen = provider.stream()
+            agen = provider.piece()
             # A nested call applies first_token to each of its own attempts.
             first_token = None
         else:
@@ -561,6 +557,7 @@ class RetryingCall(HealthChecks):
                     held.append(chunk)
                     if chunk.has_content:
                         self.provider = chunk.provider or name
+                        self._openers[id(agen)] = provider
                         return Opened(agen, held, self.provider)
         except BaseException:
             await close_quietly(agen)
@@ -568,9 +565,3 @@ class RetryingCall(HealthChecks):
         # The stream ended without content: a complete, empty answer.
         self.provider = held[0].provider if held and held[0].provider else name
         return Opened(None, held, self.provider)
-
-
-def _attach_attempts(error: BaseException, attempts: list[Attempt]) -> None:
-    """Every error that ends a call carries the call's attempts."""
-    with contextlib.suppress(AttributeError):  # a foreign exception with __slots__
-        error.attempts = attempts  # type: ignore[attr-defined]

@@ -30,6 +30,7 @@ from chatkit._health import (
 from chatkit._hedge import HedgeAfter, Hedging
 from chatkit._ratelimit import RateLimit
 from chatkit._request import ChatRequest
+from chatkit._resume import Resume
 from chatkit._retry import RetryingCall, RetryPolicy
 from chatkit._transport import HTTPCall
 from chatkit._types import ChatCompletion, ChatCompletionChunk
@@ -122,6 +123,11 @@ class IterListProvider:
         filter before any content, ``length`` with no tokens) moves on to the
         next member as a failure before content would (``EmptyAnswerError``
         on its attempt). Never after content. Default False.
+    resume: ``True`` or a ``chatkit.Resume``: continue a stream that broke off
+        after content, on the member that was answering (or, with
+        ``same_provider_only=False``, the next member that can continue).
+        Used when this provider is the client's; the client's own ``resume``
+        wins. Default None: off (docs/resilience.md).
     """
 
     name: str = "IterListProvider"
@@ -143,8 +149,10 @@ class IterListProvider:
         hedge_floor: float = 0.05,
         hedge_default: float = 1.0,
         fallback_on_empty: bool = False,
+        resume: Resume | bool | None = None,
     ) -> None:
         self.providers = _check_providers(providers)
+        self.resume = Resume.coerce(resume)
         self.fallback_on_empty = bool(fallback_on_empty)
         # Once, not per call: a runtime-checkable isinstance costs ~20 us.
         self._rate_limited = any(_rate_limit(member) is not None for member in self.providers)
@@ -241,6 +249,7 @@ class IterListProvider:
             state=self.state if self._tracking() else None,
             hedging=self.hedging,
             fallback_on_empty=self.fallback_on_empty,
+            resume=self.resume,
         )
 
     def health(self) -> list[ProviderHealth]:
@@ -285,7 +294,8 @@ class RetryProvider(IterListProvider):
     retry_on: ``f(error) -> True | False | None``: retry on the same
         provider, move on, or apply the default rules.
     policy: a whole ``RetryPolicy``; the arguments above override its fields.
-    breaker, strategy, state, hedge_*, fallback_on_empty: as for ``IterListProvider``.
+    breaker, strategy, state, hedge_*, fallback_on_empty, resume: as for
+        ``IterListProvider``.
     """
 
     name: str = "RetryProvider"
@@ -313,6 +323,7 @@ class RetryProvider(IterListProvider):
         hedge_floor: float = 0.05,
         hedge_default: float = 1.0,
         fallback_on_empty: bool = False,
+        resume: Resume | bool | None = None,
     ) -> None:
         super().__init__(
             providers,
@@ -328,6 +339,7 @@ class RetryProvider(IterListProvider):
             hedge_floor=hedge_floor,
             hedge_default=hedge_default,
             fallback_on_empty=fallback_on_empty,
+            resume=resume,
         )
         if policy is not None and not isinstance(policy, RetryPolicy):
             raise InvalidRequestError("policy must be a RetryPolicy", field="policy")

@@ -21,6 +21,7 @@ from chatkit._assemble import CompletionBuilder
 from chatkit._attempt import Attempt
 from chatkit._errors import StreamInterrupted
 from chatkit._prices import PriceTable
+from chatkit._resume import ResumeRecord
 from chatkit._types import ChatCompletion, ChatCompletionChunk, CompletionUsage
 from chatkit.providers._base import SupportsAclose
 
@@ -38,7 +39,15 @@ class StreamResults:
     _builder: CompletionBuilder
     _done: bool
     _prices: PriceTable | None = None
+    _resumes: list[ResumeRecord] | None = None
     attempts: list[Attempt]
+
+    @property
+    def resumes(self) -> list[ResumeRecord]:
+        """The continuations this answer needed (``resume=``), in order: each with
+        its ``offset``, ``cause``, ``provider``, ``overlap`` and ``attempts``.
+        ``len(stream.resumes)`` is how many; empty when the stream never broke."""
+        return self._resumes if self._resumes is not None else []
 
     @property
     def cost(self) -> float | None:
@@ -89,9 +98,11 @@ class AsyncChatStream(StreamResults):
         attempts: list[Attempt] | None = None,
         on_close: Callable[[], Awaitable[None]] | None = None,
         prices: PriceTable | None = None,
+        resumes: list[ResumeRecord] | None = None,
     ) -> None:
         self._chunks = chunks
         self._prices = prices
+        self._resumes = resumes
         # Bound once: __anext__ runs per chunk.
         self._next_chunk = chunks.__anext__
         self._abort = abort

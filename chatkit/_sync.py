@@ -24,7 +24,7 @@ import weakref
 from collections import deque
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 from chatkit import _portal
 from chatkit._aliases import ProviderSpec, TimeoutTypes
@@ -35,7 +35,10 @@ from chatkit._config import DEFAULT_LIMITS, Limits, Timeout
 from chatkit._counting import TokenCount
 from chatkit._errors import StreamInterrupted
 from chatkit._health import CircuitBreaker, ProviderHealth, StateStore
+from chatkit._parsed import ParsedChatCompletion
+from chatkit._parsed_stream import ParsedChatStream
 from chatkit._prices import Price
+from chatkit._resume import Resume
 from chatkit._streaming import StreamResults
 from chatkit._types import ChatCompletion, ChatCompletionChunk, Model
 from chatkit.providers._base import Provider
@@ -200,6 +203,7 @@ class Client:
         state: StateStore | None = None,
         hooks: Sequence[object] | None = None,
         prices: Mapping[str, Price] | None = None,
+        resume: Resume | bool | None = None,
     ) -> None:
         self._async = AsyncClient(
             provider,
@@ -216,6 +220,7 @@ class Client:
             state=state,
             hooks=hooks,
             prices=prices,
+            resume=resume,
         )
         self._streams: weakref.WeakSet[ChatStream] = weakref.WeakSet()
         self._streams_lock = threading.Lock()
@@ -282,6 +287,7 @@ class Client:
         astream._hand_over()
         stream = ChatStream(pump, attempts=astream.attempts, owner=self)
         stream._prices = astream._prices
+        stream._resumes = astream._resumes
         with self._streams_lock:
             self._streams.add(stream)
         pump.start()
@@ -418,19 +424,87 @@ class _Completions:
         completion: ChatCompletion = client._run(create(messages, model, stream=False, **options))
         return completion
 
+    @overload
+    def parse(
+        self,
+        messages: Any = ...,
+        model: str | None = ...,
+        *,
+        response_format: type[BaseModelT],
+        stream: Literal[False] = False,
+        max_validation_retries: int = ...,
+        **kwargs: Any,
+    ) -> ParsedChatCompletion[BaseModelT]: ...
+
+    @overload
+    def parse(
+        self,
+        messages: Any = ...,
+        model: str | None = ...,
+        *,
+        response_format: type[BaseModelT],
+        stream: Literal[True],
+        max_validation_retries: int = ...,
+        **kwargs: Any,
+    ) -> ParsedChatStream[BaseModelT]: ...
+
+    @overload
+    def parse(
+        self,
+        messages: Any = ...,
+        model: str | None = ...,
+        *,
+        response_format: None = None,
+        stream: Literal[False] = False,
+        max_validation_retries: int = ...,
+        **kwargs: Any,
+    ) -> ParsedChatCompletion[None]: ...
+
+    @overload
+    def parse(
+        self,
+        messages: Any = ...,
+        model: str | None = ...,
+        *,
+        response_format: None = None,
+        stream: Literal[True],
+        max_validation_retries: int = ...,
+        **kwargs: Any,
+    ) -> ParsedChatStream[Any]: ...
+
     def parse(
         self,
         messages: Any = None,
         model: str | None = "",
         *,
-        response_format: type[BaseModelT],
+        response_format: type[BaseModel] | None = None,
+        stream: bool = False,
+        max_validation_retries: int = 0,
         **kwargs: Any,
-    ) -> BaseModelT:
-        """Ask for JSON matching a pydantic model and return the validated object."""
-        completions = self._client._async.chat.completions
-        return self._client._run(
-            completions.parse(messages, model, response_format=response_format, **kwargs)
+    ) -> ParsedChatCompletion[Any] | ParsedChatStream[Any]:
+        """As ``AsyncClient``'s: a ``ParsedChatCompletion``, or with
+        ``stream=True`` a ``ParsedChatStream`` of partial objects (returned
+        once the first one arrived). Arguments are checked here, before any I/O."""
+        client = self._client
+        completions = client._async.chat.completions
+        options: dict[str, Any] = {
+            "response_format": response_format,
+            "max_validation_retries": max_validation_retries,
+            **kwargs,
+        }
+        if not isinstance(stream, bool):
+            # Refused by the async side (naming the field), before any I/O.
+            completions.parse(messages, model, stream=cast(Any, stream), **options)
+        if stream:
+            astream = completions.parse(messages, model, stream=True, **options)
+            # The pump runs any async stream; it is typed for the chunk streams.
+            chunks = cast("AsyncChatStream", astream)
+            pump = _portal.StreamPump(_portal.current(), chunks, BATCH_LIMIT)
+            return ParsedChatStream(pump, astream, CLOSE_WAIT)
+        completion: ParsedChatCompletion[Any] = client._run(
+            completions.parse(messages, model, stream=False, **options)
         )
+        return completion
 
 
 class _Chat:

@@ -418,11 +418,12 @@ async def test_parse_sends_a_strict_schema_to_openai(
     server.script(Behavior(text=PERSON))
     if client_class == "async":
         async with chatkit.AsyncClient(base_url=server.base_url) as client:
-            person = await client.chat.completions.parse(messages=HELLO, response_format=Person)
+            completion = await client.chat.completions.parse(messages=HELLO, response_format=Person)
     else:
         with chatkit.Client(base_url=server.base_url) as sync:
-            person = sync.chat.completions.parse(messages=HELLO, response_format=Person)
-    assert person.name == "Ada" and person.home.street == "S"
+            completion = sync.chat.completions.parse(messages=HELLO, response_format=Person)
+    person = completion.parsed
+    assert person is not None and person.name == "Ada" and person.home.street == "S"
     spec = server.requests[-1].json["response_format"]["json_schema"]
     assert spec["strict"] is True and spec["name"] == "Person"
     schema = spec["schema"]
@@ -491,8 +492,8 @@ async def test_anthropic_parse_still_gets_its_output_format() -> None:
         anthropic.script(Behavior(text=PERSON))
         provider = Anthropic(base_url=anthropic.base_url, api_key="sk-ant-test")
         async with chatkit.AsyncClient(provider=provider) as client:
-            person = await client.chat.completions.parse(messages=HELLO, response_format=Person)
-    assert person.name == "Ada"
+            completion = await client.chat.completions.parse(messages=HELLO, response_format=Person)
+    assert completion.parsed is not None and completion.parsed.name == "Ada"
     schema = anthropic.requests[-1].json["output_config"]["format"]["schema"]
     assert schema["additionalProperties"] is False
 

@@ -113,8 +113,10 @@ class City(BaseModel):
 async def test_parse_returns_the_validated_object(server: FakeOpenAIServer) -> None:
     server.script(Behavior(text='{"name": "Paris", "population": 2100000}'))
     async with chatkit.AsyncClient(base_url=server.base_url) as client:
-        city = await client.chat.completions.parse(messages=HELLO, response_format=City)
-    assert city == City(name="Paris", population=2100000)
+        completion = await client.chat.completions.parse(messages=HELLO, response_format=City)
+    assert isinstance(completion, chatkit.ParsedChatCompletion)
+    assert completion.parsed == City(name="Paris", population=2100000)
+    assert completion.choices[0].message.parsed is completion.parsed
     sent = server.requests[-1].json["response_format"]
     assert sent["type"] == "json_schema"
     assert sent["json_schema"]["name"] == "City"
@@ -124,8 +126,8 @@ async def test_parse_returns_the_validated_object(server: FakeOpenAIServer) -> N
 async def test_parse_tolerates_a_code_fence(server: FakeOpenAIServer) -> None:
     server.script(Behavior(chunks=["```json\n", '{"name": "Oslo", "population": 1}', "\n```"]))
     async with chatkit.AsyncClient(base_url=server.base_url) as client:
-        city = await client.chat.completions.parse(messages=HELLO, response_format=City)
-    assert city.name == "Oslo"
+        city = (await client.chat.completions.parse(messages=HELLO, response_format=City)).parsed
+    assert city is not None and city.name == "Oslo"
 
 
 async def test_parse_rejects_an_answer_that_does_not_validate(server: FakeOpenAIServer) -> None:
@@ -140,7 +142,7 @@ async def test_parse_argument_checks(server: FakeOpenAIServer) -> None:
         with pytest.raises(chatkit.InvalidRequestError, match="response_format"):
             await client.chat.completions.parse(messages=HELLO, response_format=dict)  # type: ignore[type-var]
         with pytest.raises(chatkit.InvalidRequestError, match="stream"):
-            await client.chat.completions.parse(messages=HELLO, response_format=City, stream=True)
+            client.chat.completions.parse(messages=HELLO, response_format=City, stream="yes")  # type: ignore[call-overload]
     assert server.requests == []
 
 

@@ -219,11 +219,27 @@ def convert_messages(messages: list[dict[str, Any]]) -> tuple[Any, list[dict[str
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
+    if turns and turns[-1]["role"] == "assistant":
+        _trim_prefill(turns[-1]["content"])
+        if not turns[-1]["content"]:
+            turns.pop()
     for turn in turns:
         content = turn["content"]
         if len(content) == 1 and content[0].keys() == {"type", "text"}:
             turn["content"] = content[0]["text"]
     return _system_value(system), turns
+
+
+def _trim_prefill(blocks: list[dict[str, Any]]) -> None:
+    """A final assistant turn is a prefill the model continues, and the API
+    refuses one ending in whitespace: trim its last text (a block left empty
+    goes). The model writes the whitespace itself, as the text's next token."""
+    while blocks and blocks[-1].get("type") == "text":
+        text = blocks[-1]["text"].rstrip()
+        if text:
+            blocks[-1] = {**blocks[-1], "text": text}
+            return
+        blocks.pop()
 
 
 def _system_value(blocks: list[dict[str, Any]]) -> Any:

@@ -180,6 +180,11 @@ class Capabilities:
     # {"include_usage": true}``): chatkit asks for it itself, so every
     # answer carries usage, and folds it into the finishing chunk.
     stream_usage: bool = True
+    # A final assistant message is continued, not answered: the model writes
+    # on from its last character (Anthropic's prefill; vLLM and llama.cpp
+    # servers with ``continue_final_message``). Needed to resume a stream
+    # that broke off (``chatkit.Resume``); off unless the API really does it.
+    continue_message: bool = False
 
     def missing_for(self, request: ChatRequest) -> str | None:
         """The first capability ``request`` needs and this provider lacks, or None."""

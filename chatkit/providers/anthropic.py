@@ -311,7 +311,8 @@ class Anthropic(HTTPProvider):
     api_key_env: ClassVar[tuple[str, ...]] = ("ANTHROPIC_API_KEY",)
     base_url_env: ClassVar[tuple[str, ...]] = ("ANTHROPIC_BASE_URL",)
     default_model: str = "claude-sonnet-4-5"
-    capabilities: ClassVar[Capabilities] = Capabilities(json_object=False)
+    # continue_message: a final assistant message is a prefill the model continues.
+    capabilities: ClassVar[Capabilities] = Capabilities(json_object=False, continue_message=True)
 
     def __init__(
         self,

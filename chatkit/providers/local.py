@@ -68,6 +68,9 @@ class _Wire(OpenAI):
 
     name: ClassVar[str] = "Local"
     requires_key: ClassVar[bool] = False
+    # llama.cpp's server continues a final assistant message (its
+    # ``prefill_assistant``, on by default): the flags say so to it explicitly.
+    capabilities: ClassVar[Capabilities] = Capabilities(continue_message=True)
 
 
 @dataclass(frozen=True)
@@ -333,7 +336,9 @@ class Local:
         )
         self._load_timeout = float(load_timeout)
         self.default_model = setup.DEFAULT_ALIAS if path is None else Path(path).stem
-        self.capabilities = Capabilities(tools=path is not None, vision=False)
+        self.capabilities = Capabilities(
+            tools=path is not None, vision=False, continue_message=True
+        )
         self._worker: _Worker | None = None
         self._wire: _Wire | None = None
         self._wire_url: str | None = None
@@ -425,6 +430,12 @@ class Local:
             {**m, "content": _plain_text(m.get("content"))} if isinstance(m, dict) else m
             for m in request.messages
         ]
+        if _continues(messages):
+            # The transcript reads "Assistant: <answer>": the prefill is
+            # appended right after "Assistant:", so it takes back its space.
+            content = messages[-1]["content"]
+            if isinstance(content, str) and not content[:1].isspace():
+                messages[-1] = {**messages[-1], "content": " " + content}
         return dataclasses.replace(
             request, model=self.default_model, params=params, messages=messages, stream=stream
         )
@@ -434,7 +445,9 @@ class Local:
     ) -> AsyncIterator[ChatCompletionChunk]:
         self.check_request(request)
         wire = await self._wire_for_call()
-        strip = self.is_default_model  # the transcript prompt ends in "Assistant:"
+        # The transcript prompt ends in "Assistant:"; a continuation goes on
+        # from the prefill, whose next word's space must stay.
+        strip = self.is_default_model and not _continues(request.messages)
         # Closed as soon as the consumer stops: that drops the connection, and the
         # server stops generating.
         upstream = cast(
@@ -452,15 +465,22 @@ class Local:
         wire = await self._wire_for_call()
         completion = await wire.complete(self._prepare(request, False), http)
         if self.is_default_model:
+            continues = _continues(request.messages)
             for choice in completion.choices:
                 if choice.message.content:
-                    choice.message.content = choice.message.content.strip()
+                    content = choice.message.content
+                    choice.message.content = content.rstrip() if continues else content.strip()
         return completion
 
     async def list_models(self, http: HTTPCall) -> list[Model]:
         """The one model this provider runs (no process is started)."""
         del http
         return [Model(id=self.default_model, owned_by="local", provider=self.name)]
+
+
+def _continues(messages: list[dict[str, Any]]) -> bool:
+    """Whether the request ends in an assistant message (a prefill to continue)."""
+    return bool(messages) and messages[-1].get("role") == "assistant"
 
 
 def _plain_text(content: Any) -> Any:

@@ -97,6 +97,12 @@ class OpenAI(HTTPProvider):
             "messages": request.messages,
         }
         body.update(request.params)
+        messages = request.messages
+        if self.capabilities.continue_message and messages and messages[-1]["role"] == "assistant":
+            # vLLM's and llama.cpp's way to continue a final assistant message
+            # (a prefill) instead of answering it; extra_body may still say otherwise.
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
         body.update(request.extra_body)
         body["stream"] = stream
         if stream and self._asks_usage(request):

@@ -24,6 +24,10 @@ __all__ = ["PRESETS", "AzureOpenAI", "LocalServer", "preset"]
 
 _NO_VISION = Capabilities(vision=False)
 _TEXT_ONLY = Capabilities(tools=False, vision=False, json_schema=False)
+# vLLM and llama.cpp's server continue a final assistant message when asked
+# with ``continue_final_message: true, add_generation_prompt: false`` (llama.cpp
+# does it for any final assistant message): a broken stream can be resumed.
+_CONTINUES = Capabilities(continue_message=True)
 
 
 class LocalServer(OpenAI):
@@ -156,8 +160,12 @@ PRESETS: dict[str, type[OpenAI]] = {
     ),
     # Local servers: no key, never picked automatically (nothing says they run).
     # Each serves the model it was started with (or loaded): asked, never guessed.
-    "vllm": preset("vLLM", "http://localhost:8000/v1", None, "", base=LocalServer),
-    "llamacpp": preset("LlamaCpp", "http://localhost:8080/v1", None, "", base=LocalServer),
+    "vllm": preset(
+        "vLLM", "http://localhost:8000/v1", None, "", capabilities=_CONTINUES, base=LocalServer
+    ),
+    "llamacpp": preset(
+        "LlamaCpp", "http://localhost:8080/v1", None, "", capabilities=_CONTINUES, base=LocalServer
+    ),
     "lmstudio": preset("LMStudio", "http://localhost:1234/v1", None, "", base=LocalServer),
 }
 

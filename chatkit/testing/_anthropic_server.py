@@ -44,7 +44,7 @@ from aiohttp.typedefs import Middleware
 from ._behavior import Behavior
 from ._openai_server import FakeOpenAIServer
 from ._stream import StreamPlan
-from ._wire import answer_pieces, prompt_tokens, tool_call_deltas
+from ._wire import answer_pieces, continued, prefill_of, prompt_tokens, tool_call_deltas
 
 __all__ = ["FakeAnthropicServer"]
 
@@ -162,6 +162,9 @@ def invalid_request(body: Any) -> str | None:
         problem = _check_content(message.get("content"), f"messages.{i}")
         if problem is not None:
             return problem
+    prefill = prefill_of(messages)
+    if prefill is not None and prefill != prefill.rstrip():
+        return "messages: final assistant content cannot end with trailing whitespace"
     return None
 
 
@@ -417,6 +420,10 @@ class FakeAnthropicServer(FakeOpenAIServer):
     def _build_answer(
         self, request: web.Request, body: dict[str, Any], behavior: Behavior
     ) -> _Answer:
+        # A final assistant message is a prefill: the answer continues it.
+        prefill = prefill_of(body["messages"])
+        if prefill is not None:
+            behavior = continued(behavior, prefill)
         return _Answer(behavior, body, _request_id.get())
 
     def _status_error(

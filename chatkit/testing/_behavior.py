@@ -27,7 +27,10 @@ DEFAULT_TEXT = "Hello! How can I help you today?"
 class Behavior:
     """What the fake server does for one chat-completions request.
 
-    Every field is optional; the default streams a short greeting. Fault
+    Every field is optional; the default streams a short greeting. A request
+    ending in an assistant message that the server continues (Anthropic's
+    prefill; ``continue_final_message`` for the OpenAI fake) gets the rest of
+    the answer after that prefill, as a model continuing it would. Fault
     positions (``drop_after``, ``stall_after``, ``malformed_after``,
     ``error_event_after``) count *content chunks*: every chunk between the
     opening role chunk and the finishing chunk (reasoning, content and
@@ -78,6 +81,10 @@ class Behavior:
     """End the stream with ``data: [DONE]``."""
     headers: dict[str, str] | None = None
     """Extra response headers."""
+    resume_echo: int = 0
+    """Answering a continuation (a request ending in an assistant prefill that
+    the server honours), first repeat this many words of the prefill, as some
+    models do; the client has to drop them at the seam."""
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(Behavior))

@@ -26,7 +26,14 @@ from aiohttp.typedefs import Middleware
 
 from ._behavior import Behavior, RecordedRequest, default_error_type, make_headers, parse_override
 from ._stream import Answer, StreamPlan, build_plan, write_stream
-from ._wire import ChunkEncoder, completion_object, error_body, prompt_tokens
+from ._wire import (
+    ChunkEncoder,
+    completion_object,
+    continued,
+    error_body,
+    prefill_of,
+    prompt_tokens,
+)
 
 __all__ = ["FakeOpenAIServer"]
 
@@ -425,6 +432,10 @@ class FakeOpenAIServer:
     def _build_answer(
         self, request: web.Request, body: dict[str, Any], behavior: Behavior
     ) -> Answer:
+        # vLLM's continue_final_message: the final assistant message is continued.
+        prefill = prefill_of(body["messages"]) if body.get("continue_final_message") else None
+        if prefill is not None:
+            behavior = continued(behavior, prefill)
         return _Answer(behavior, body, _request_number.get())
 
     def _response_headers(self, behavior: Behavior) -> dict[str, str]:

@@ -6,6 +6,7 @@ can be encoded once (the chunk envelope, each distinct content piece) is.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any
@@ -20,7 +21,9 @@ __all__ = [
     "answer_pieces",
     "completion_object",
     "content_pieces",
+    "continued",
     "error_body",
+    "prefill_of",
     "prompt_tokens",
     "sse",
     "tool_call_deltas",
@@ -65,6 +68,29 @@ def answer_pieces(behavior: Behavior, encoder: ChunkEncoder | None = None) -> li
         overhead = len(encoder.delta({"content": ""})) - 2 if encoder is not None else 0
         pieces.insert(0, "x" * max(behavior.huge_line - overhead, 1))
     return pieces
+
+
+def prefill_of(messages: list[Any]) -> str | None:
+    """The text of a final assistant message (a prefill to continue), or None."""
+    last = messages[-1] if messages else None
+    if not isinstance(last, dict) or last.get("role") != "assistant":
+        return None
+    content = last.get("content")
+    if isinstance(content, list):
+        parts = [p.get("text") for p in content if isinstance(p, dict)]
+        return "".join(p for p in parts if isinstance(p, str))
+    return content if isinstance(content, str) else ""
+
+
+def continued(behavior: Behavior, prefill: str) -> Behavior:
+    """`behavior` answering as a model continuing `prefill`: the rest of its
+    answer after the prefill (the whole answer when it does not start so),
+    after `resume_echo` repeated words of the prefill."""
+    full = "".join(content_pieces(behavior)) * max(behavior.repeat, 1)
+    rest = full[len(prefill) :] if full.startswith(prefill) else full
+    if behavior.resume_echo > 0:
+        rest = "".join(_PIECE.findall(prefill)[-behavior.resume_echo :]) + rest
+    return dataclasses.replace(behavior, text=rest, chunks=None, repeat=1, huge_line=None)
 
 
 def tool_call_deltas(tool_calls: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -154,8 +154,9 @@ class Weather(pydantic.BaseModel):
 
 def test_parse_returns_the_validated_model(client: Client, server: FakeOpenAIServer) -> None:
     server.script(Behavior(text='{"city": "Paris", "celsius": 21}'))
-    weather = client.chat.completions.parse(messages=HELLO, response_format=Weather)
-    assert weather == Weather(city="Paris", celsius=21)
+    completion = client.chat.completions.parse(messages=HELLO, response_format=Weather)
+    assert completion.parsed == Weather(city="Paris", celsius=21)
+    assert completion.provider == "OpenAI" and len(completion.attempts) == 1
     assert server.requests[-1].json["response_format"]["type"] == "json_schema"
 
 

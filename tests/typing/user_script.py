@@ -14,7 +14,14 @@ from typing import assert_type
 from pydantic import BaseModel
 
 import chatkit
-from chatkit import AsyncChatStream, ChatCompletion, ChatCompletionChunk, ChatStream
+from chatkit import (
+    AsyncChatStream,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatStream,
+    ParsedChatCompletion,
+    ParsedChatStream,
+)
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
 
@@ -42,8 +49,16 @@ def sync_part(base_url: str, stream_flag: bool) -> str:
             either = either.until_done()
         assert_type(either, ChatCompletion)
 
-        city = client.chat.completions.parse(messages=MESSAGES, response_format=City)
-        assert_type(city, City)
+        parsed = client.chat.completions.parse(messages=MESSAGES, response_format=City)
+        assert_type(parsed, ParsedChatCompletion[City])
+        assert_type(parsed.parsed, City | None)
+        partials = client.chat.completions.parse(
+            messages=MESSAGES, response_format=City, stream=True
+        )
+        assert_type(partials, ParsedChatStream[City])
+        for partial in partials:
+            assert_type(partial, City)
+        assert_type(partials.get_final_completion(), ParsedChatCompletion[City])
         return f"{text}|{stream.text}|{either.text}"
 
 
@@ -69,8 +84,15 @@ async def async_part(base_url: str, stream_flag: bool) -> str:
         if isinstance(either, AsyncChatStream):
             either = await either.until_done()
 
-        city = await client.chat.completions.parse(messages=MESSAGES, response_format=City)
-        assert_type(city, City)
+        parsed = await client.chat.completions.parse(messages=MESSAGES, response_format=City)
+        assert_type(parsed, ParsedChatCompletion[City])
+        city = parsed.choices[0].message.parsed
+        assert_type(city, City | None)
+        assert city is not None
+        async for partial in client.chat.completions.parse(
+            messages=MESSAGES, response_format=City, stream=True
+        ):
+            assert_type(partial, City)
         return f"{completion.text}|{''.join(pieces)}|{final.text}|{either.text}|{city.name}"
 
 
