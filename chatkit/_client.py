@@ -56,10 +56,10 @@ from chatkit.providers import (
 )
 from chatkit.providers._base import (
     Provider,
-    RateLimited,
     SupportsAclose,
     SupportsListModels,
     is_provider_class,
+    rate_limit_of,
     supports_strict_schema,
 )
 
@@ -178,7 +178,7 @@ class AsyncClient:
         if provider is None:
             return []
         identity = provider_identity(provider)
-        limit = provider.rate_limit if isinstance(provider, RateLimited) else None
+        limit = rate_limit_of(provider)
         return [health_of(provider_name(provider), identity, self._state, self._breaker, limit)]
 
     async def count_tokens(
@@ -558,4 +558,4 @@ class _Models:
 
 
 def _rate_limited(provider: Provider) -> bool:
-    return isinstance(provider, RateLimited) and provider.rate_limit is not None
+    return rate_limit_of(provider) is not None

@@ -32,7 +32,7 @@ from chatkit._ratelimit import RateLimit, estimate_tokens, read_rate_headers
 from chatkit._request import ChatRequest
 from chatkit._transport import HTTPCall
 from chatkit._types import ChatCompletion
-from chatkit.providers._base import RateLimited
+from chatkit.providers._base import rate_limit_of
 
 __all__ = ["CLOSED_GATE", "Gate", "HealthChecks", "breaker_state", "tokens_used"]
 
@@ -75,7 +75,7 @@ class HealthChecks:
         if state is None or self._nested(provider):
             return None
         identity = provider_identity(provider)
-        limit = provider.rate_limit if isinstance(provider, RateLimited) else None
+        limit = rate_limit_of(provider)
         reserved = 0.0
         if limit is not None:
             params = request.params

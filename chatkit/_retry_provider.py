@@ -34,7 +34,7 @@ from chatkit._resume import Resume
 from chatkit._retry import RetryingCall, RetryPolicy
 from chatkit._transport import HTTPCall
 from chatkit._types import ChatCompletion, ChatCompletionChunk
-from chatkit.providers._base import Provider, RateLimited, provider_name
+from chatkit.providers._base import Provider, provider_name, rate_limit_of
 
 __all__ = ["IterListProvider", "RetryProvider"]
 
@@ -370,7 +370,7 @@ class RetryProvider(IterListProvider):
 
 
 def _rate_limit(member: object) -> RateLimit | None:
-    return member.rate_limit if isinstance(member, RateLimited) else None
+    return rate_limit_of(member)
 
 
 def _seconds(name: str, value: object) -> float:

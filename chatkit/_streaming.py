@@ -23,7 +23,6 @@ from chatkit._errors import StreamInterrupted
 from chatkit._prices import PriceTable
 from chatkit._resume import ResumeRecord
 from chatkit._types import ChatCompletion, ChatCompletionChunk, CompletionUsage
-from chatkit.providers._base import SupportsAclose
 
 __all__ = ["AsyncChatStream", "StreamResults"]
 
@@ -174,8 +173,10 @@ class AsyncChatStream(StreamResults):
         self._closed = True
         chunks = self._chunks
         try:
-            if isinstance(chunks, SupportsAclose):
-                await chunks.aclose()
+            # By attribute: a protocol check costs 7 us (see close_quietly).
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
         finally:
             if self._on_close is not None:
                 await self._on_close()

@@ -47,6 +47,7 @@ __all__ = [
     "SupportsListModels",
     "is_provider_class",
     "provider_name",
+    "rate_limit_of",
     "supports_strict_schema",
 ]
 
@@ -121,6 +122,13 @@ class RateLimited(Protocol):
     rate_limit: RateLimit | None
 
 
+def rate_limit_of(provider: object) -> RateLimit | None:
+    """``provider``'s budget (see ``RateLimited``), or None: checked once per call,
+    so by attribute rather than by the protocol (see ``provider_name``)."""
+    limit = getattr(provider, "rate_limit", None)
+    return limit if isinstance(limit, RateLimit) else None
+
+
 @runtime_checkable
 class ReportsConfigured(Protocol):
     """A provider class that says itself whether it can be used as it is."""
@@ -143,11 +151,6 @@ class DeclaresKeyVariables(Protocol):
 
 
 @runtime_checkable
-class _Named(Protocol):
-    name: str
-
-
-@runtime_checkable
 class _Declared(Protocol):
     capabilities: Capabilities
 
@@ -155,8 +158,12 @@ class _Declared(Protocol):
 def provider_name(provider: object) -> str:
     """A readable name for a provider instance or class."""
     # A class's ``name`` attribute counts too: the registry names classes.
-    if isinstance(provider, _Named) and isinstance(provider.name, str) and provider.name:
-        return provider.name
+    # getattr, not a runtime protocol: this runs several times per call, and
+    # isinstance() against a Protocol costs 7 us on Python 3.11 (it walks the
+    # protocol's attributes every time), a plain lookup a tenth of that.
+    name = getattr(provider, "name", None)
+    if isinstance(name, str) and name:
+        return name
     cls = provider if isinstance(provider, type) else type(provider)
     return cls.__name__
 
