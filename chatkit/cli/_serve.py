@@ -7,7 +7,6 @@ import logging
 import os
 import re
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -15,6 +14,7 @@ from urllib.parse import urlsplit
 
 import chatkit
 from chatkit.cli._common import error_line, seconds
+from chatkit.cli._otel import OTEL_PACKAGES, setup_otel
 from chatkit.providers import PROVIDERS, Local, default_provider_class, get_provider_class
 
 __all__ = ["HELP", "add_arguments", "build_client", "run", "worker_main"]
@@ -151,6 +151,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="failures in the breaker's window that open it (default 5; implies --breaker)",
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a stream that breaks off after content (providers that can: Anthropic,"
+        " -p vllm / llamacpp, local); the caller gets one uninterrupted stream",
+    )
+    parser.add_argument(
+        "--max-resumes",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="continuations per answer (default 2; implies --resume)",
+    )
+    parser.add_argument(
         "--state",
         default=None,
         metavar="URL",
@@ -176,12 +189,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _positive_int(text: str) -> int:
     """An argparse type: a count of at least 1, so that 0 or -5 is a usage error."""
+    return _whole_number(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    """An argparse type: a count of at least 0."""
+    return _whole_number(text, 0)
+
+
+def _whole_number(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
+    if value < least:
+        kind = "positive" if least == 1 else "non-negative"
+        raise argparse.ArgumentTypeError(f"must be a {kind} whole number, got {value}")
     return value
 
 
@@ -256,100 +279,6 @@ def _allowed_hosts(args: argparse.Namespace) -> list[str]:
     return hosts
 
 
-class OTelSetupError(chatkit.ChatkitError):
-    """``--otel`` cannot be set up: a package is missing, or an OTEL_* setting is unsupported."""
-
-
-# What --otel needs installed besides chatkit (the API comes with the SDK).
-OTEL_PACKAGES = ("opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http")
-DEFAULT_SERVICE_NAME = "chatkit-gateway"
-# How long a stop waits for the last spans to be exported.
-OTEL_FLUSH_TIMEOUT = 5.0
-
-
-def setup_otel() -> tuple[object, Callable[[], None]]:
-    """The OpenTelemetry hook for the gateway's client, and what flushes it at the end.
-
-    A TracerProvider and a MeterProvider (made the global ones) exporting over
-    OTLP/HTTP as the standard variables say: ``OTEL_EXPORTER_OTLP_ENDPOINT``
-    (and the ``_TRACES_`` / ``_METRICS_`` ones), ``..._HEADERS``,
-    ``..._TIMEOUT``, ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``,
-    ``OTEL_METRIC_EXPORT_INTERVAL``. ``OTEL_TRACES_EXPORTER`` and
-    ``OTEL_METRICS_EXPORTER`` may each be ``otlp`` (the default), ``console``
-    (stderr) or ``none``.
-    """
-    try:
-        from opentelemetry import metrics, trace
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import (
-            ConsoleMetricExporter,
-            MetricReader,
-            PeriodicExportingMetricReader,
-        )
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-
-        from chatkit.telemetry import OpenTelemetry
-    except ImportError as exc:
-        raise OTelSetupError(
-            f"--otel needs OpenTelemetry ({exc}): pip install {' '.join(OTEL_PACKAGES)}"
-        ) from None
-    span_kinds = _exporter_kinds("OTEL_TRACES_EXPORTER")
-    metric_kinds = _exporter_kinds("OTEL_METRICS_EXPORTER")
-    named = "OTEL_SERVICE_NAME" in os.environ or "service.name=" in os.environ.get(
-        "OTEL_RESOURCE_ATTRIBUTES", ""
-    )
-    # Resource.create() reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES.
-    resource = Resource.create({} if named else {"service.name": DEFAULT_SERVICE_NAME})
-    tracer_provider = TracerProvider(resource=resource)
-    for kind in span_kinds:
-        span_exporter = (
-            OTLPSpanExporter() if kind == "otlp" else ConsoleSpanExporter(out=sys.stderr)
-        )
-        tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
-    readers: list[MetricReader] = [
-        PeriodicExportingMetricReader(
-            OTLPMetricExporter() if kind == "otlp" else ConsoleMetricExporter(out=sys.stderr)
-        )
-        for kind in metric_kinds
-    ]
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
-    trace.set_tracer_provider(tracer_provider)
-    metrics.set_meter_provider(meter_provider)
-
-    def shutdown() -> None:
-        tracer_provider.shutdown()
-        meter_provider.shutdown(timeout_millis=OTEL_FLUSH_TIMEOUT * 1000)
-
-    def flush() -> None:
-        # Bounded: an unreachable collector must not hold the stop for long.
-        worker = threading.Thread(target=shutdown, name="chatkit-otel-flush", daemon=True)
-        worker.start()
-        worker.join(OTEL_FLUSH_TIMEOUT)
-
-    hook = OpenTelemetry(
-        tracer_provider=tracer_provider, meter_provider=meter_provider, propagate=True
-    )
-    return hook, flush
-
-
-def _exporter_kinds(variable: str) -> list[str]:
-    """The exporters an ``OTEL_*_EXPORTER`` variable names (default: otlp)."""
-    kinds = []
-    for kind in os.environ.get(variable, "otlp").split(","):
-        kind = kind.strip().lower()
-        if kind in ("otlp", "console"):
-            kinds.append(kind)
-        elif kind not in ("none", ""):
-            raise OTelSetupError(
-                f"{variable}={kind!r} is not supported by chatkit serve; use otlp, console or none"
-            )
-    return kinds
-
-
 class StateSetupError(chatkit.ChatkitError):
     """``--state`` cannot be set up: the redis package is missing."""
 
@@ -370,6 +299,14 @@ def _state(args: argparse.Namespace) -> Any:
     if args.state_timeout is not None:
         options["timeout"] = args.state_timeout
     return chatkit.RedisState(args.state, **options)
+
+
+def _resume(args: argparse.Namespace) -> chatkit.Resume | None:
+    if not args.resume and args.max_resumes is None:
+        return None
+    if args.max_resumes is None:
+        return chatkit.Resume()
+    return chatkit.Resume(max_resumes=args.max_resumes)
 
 
 def _breaker(args: argparse.Namespace, shared: bool) -> chatkit.CircuitBreaker | None:
@@ -429,6 +366,7 @@ def build_client(
         hooks=list(hooks) or None,
         breaker=client_breaker,
         state=state,
+        resume=_resume(args),
     )
     if state is not None:
         instances.append(state)

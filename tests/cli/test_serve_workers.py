@@ -515,3 +515,51 @@ def test_workers_listen_with_a_deep_accept_queue(shared: bool) -> None:
         assert backlogs and all(b == expected_backlog() for b in backlogs), backlogs
         assert len(backlogs) == (1 if shared else 2)
         assert served.stop() == 0, served.log
+
+
+RESUMED_TEXT = "one two three four five six seven eight nine ten eleven twelve"
+
+
+@pytest.mark.parametrize("options", [["--resume"], ["--max-resumes", "1"], []])
+def test_serve_resume_continues_a_broken_stream_as_one(options: list[str]) -> None:
+    with FakeOpenAIServer(Behavior(text=RESUMED_TEXT, resume_echo=2)).run_in_thread() as up:
+        up.script(Behavior(text=RESUMED_TEXT, drop_after=4))
+        env = environment(VLLM_BASE_URL=up.base_url)
+        args = ["-p", "vllm", "-m", "fake-model", "--retries", "0", *options]
+        with gateway(*args, env=env) as served:
+            served.wait_listening()
+            client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
+            parts: list[str] = []
+            failure: Exception | None = None
+            with client:
+                try:
+                    stream = client.chat.completions.create(
+                        model="fake-model", messages=MESSAGES, stream=True
+                    )
+                    for chunk in stream:
+                        if chunk.choices:
+                            parts.append(chunk.choices[0].delta.content or "")
+                except openai.APIError as exc:  # the gateway's error event mid-stream
+                    failure = exc
+            assert served.stop() == 0, served.log
+    if options:
+        assert failure is None
+        assert "".join(parts) == RESUMED_TEXT
+        assert len(up.requests) == 2
+        assert up.requests[1].json["continue_final_message"] is True
+    else:
+        assert failure is not None
+        assert RESUMED_TEXT.startswith("".join(parts)) and "".join(parts) != RESUMED_TEXT
+        assert len(up.requests) == 1
+
+
+@pytest.mark.parametrize("value", ["-1", "x"])
+def test_serve_max_resumes_must_be_a_whole_number(value: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "chatkit", "serve", "--max-resumes", value],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--max-resumes" in done.stderr
