@@ -38,6 +38,22 @@ class SyncContender(Protocol):
     def close(self) -> None: ...
 
 
+def _orjson_loads() -> Callable[[bytes], Any]:
+    import orjson
+
+    loads: Callable[[bytes], Any] = orjson.loads
+    return loads
+
+
+def orjson_available() -> bool:
+    """Whether the limit contender can run (orjson is in the ``bench`` extra)."""
+    try:
+        import orjson  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _request_body(stream: bool) -> bytes:
     return json.dumps({"model": MODEL, "messages": MESSAGES, "stream": stream}).encode()
 
@@ -48,12 +64,16 @@ class RawAiohttp:
     It does what any client must (parse every chunk, pick out the content and
     keep it) and nothing else: no validation, no objects, no retries.
     With ``parse=False`` it only counts events: how fast the fake server can
-    emit and aiohttp can read, the ceiling for every contender.
+    emit and aiohttp can read, the ceiling for every contender. With
+    ``fast=True`` it parses with orjson instead of ``json``: the practical
+    limit of a Python client (issue 17's "limit" contender), untyped and
+    unchecked.
     """
 
-    def __init__(self, *, parse: bool = True) -> None:
+    def __init__(self, *, parse: bool = True, fast: bool = False) -> None:
         self.parse = parse
-        self.name = "raw aiohttp+json" if parse else "server ceiling"
+        self.fast = fast
+        self.name = LIMIT if fast else RAW if parse else CEILING
         self._session: Any = None
         self._url = ""
 
@@ -80,7 +100,7 @@ class RawAiohttp:
                     events += data.count(b"\n\n") + (half and data[:1] == b"\n")
                     half = data[-1:] == b"\n" and data[-2:] != b"\n\n"
                 return events - 3  # role chunk, finish chunk, [DONE]
-            loads = json.loads
+            loads = _orjson_loads() if self.fast else json.loads
             parts: list[str] = []
             tail = b""
             async for data in resp.content.iter_any():
@@ -101,11 +121,12 @@ class RawAiohttp:
 
     async def complete(self) -> int:
         headers = self._headers({})
+        loads = _orjson_loads() if self.fast else json.loads
         async with self._session.post(
             self._url, data=_request_body(False), headers=headers
         ) as resp:
             resp.raise_for_status()
-            body = json.loads(await resp.read())
+            body = loads(await resp.read())
         return len(body["choices"][0]["message"]["content"])
 
     async def close(self) -> None:
@@ -250,6 +271,7 @@ def chatkit_sync_available() -> bool:
 
 
 RAW = "raw aiohttp+json"
+LIMIT = "limit raw+orjson"
 CHATKIT_ASYNC = "chatkit async"
 CHATKIT_SYNC = "chatkit sync"
 OPENAI_ASYNC = "openai async"
@@ -261,20 +283,24 @@ ASYNC_CONTENDERS: dict[str, Callable[[], AsyncContender]] = {
     CHATKIT_ASYNC: ChatkitAsync,
     OPENAI_ASYNC: OpenAIAsync,
     CEILING: lambda: RawAiohttp(parse=False),
+    LIMIT: lambda: RawAiohttp(fast=True),
 }
 SYNC_CONTENDERS: dict[str, Callable[[], SyncContender]] = {
     CHATKIT_SYNC: ChatkitSync,
     OPENAI_SYNC: OpenAISync,
 }
-COLUMNS = [RAW, CHATKIT_ASYNC, CHATKIT_SYNC, OPENAI_ASYNC, OPENAI_SYNC, CEILING]
+COLUMNS = [LIMIT, RAW, CHATKIT_ASYNC, CHATKIT_SYNC, OPENAI_ASYNC, OPENAI_SYNC, CEILING]
 
 
 def available() -> list[str]:
     """Every contender this checkout can run, in table order.
 
-    The chatkit sync row is added by itself once ``chatkit.Client`` exists.
+    The chatkit sync row is added by itself once ``chatkit.Client`` exists,
+    the limit row once orjson is installed (``pip install -e ".[bench]"``).
     """
     names = list(COLUMNS)
     if not chatkit_sync_available():
         names.remove(CHATKIT_SYNC)
+    if not orjson_available():
+        names.remove(LIMIT)
     return names

@@ -29,6 +29,7 @@ class Sizes:
     batch: int = 1_000
     batch_concurrency: int = 100
     import_runs: int = 7
+    idle_clients: int = 100
 
 
 QUICK = Sizes(
@@ -39,6 +40,7 @@ QUICK = Sizes(
     batch=40,
     batch_concurrency=8,
     import_runs=2,
+    idle_clients=5,
 )
 
 
@@ -192,3 +194,53 @@ def import_time_ms(statement: str, runs: int) -> list[float]:
         )
         times.append(float(out.stdout.strip()) * 1000)
     return times
+
+
+# -- memory of an idle client ---------------------------------------------------
+
+_RSS_CODE = """
+import asyncio, gc, sys
+import chatkit
+
+def rss_kb():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+async def one(base_url):
+    client = chatkit.AsyncClient(base_url=base_url, api_key="sk-bench")
+    await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    return client
+
+async def main(base_url, n):
+    warm = [await one(base_url) for _ in range(3)]  # lazy imports, first validations
+    gc.collect()
+    before = rss_kb()
+    clients = [await one(base_url) for _ in range(n)]
+    gc.collect()
+    after = rss_kb()
+    print((after - before) / n)
+    for client in warm + clients:
+        await client.aclose()
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def idle_client_rss_kb(base_url: str, clients: int, runs: int = 3) -> list[float]:
+    """KB of resident memory per idle ``AsyncClient`` (after one request, its
+    connection kept alive), from `clients` clients in a fresh interpreter; one
+    value per run."""
+    values = []
+    for _ in range(runs):
+        out = subprocess.run(
+            [sys.executable, "-c", _RSS_CODE, base_url, str(clients)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        )
+        values.append(float(out.stdout.strip()))
+    return values

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from contenders import available, chatkit_sync_available
-from measure import IMPORTS, QUICK, Sizes, fake_server, import_time_ms
+from measure import IMPORTS, QUICK, Sizes, fake_server, idle_client_rss_kb, import_time_ms
 from report import WORKLOADS, Results, evaluate, loadavg, machine, median, table
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
@@ -238,9 +238,12 @@ def run(args: argparse.Namespace) -> tuple[str, dict[str, Any], bool]:
     }
     imports = {name: import_time_ms(code, sizes.import_runs) for name, code in IMPORTS.items()}
     errors: list[str] = []
-    with fake_server() as base_url, workers(names, base_url) as pool:
-        results, cpu_results = measure_rounds(pool, sizes, rounds, args.repeat, errors)
+    with fake_server() as base_url:
+        with workers(names, base_url) as pool:
+            results, cpu_results = measure_rounds(pool, sizes, rounds, args.repeat, errors)
+        rss = idle_client_rss_kb(base_url, sizes.idle_clients, 1 if args.quick else 3)
     info["load_after"] = loadavg()
+    info["idle_client_rss_kb"] = rss
     verdicts = evaluate(results, imports, cpu_results)
     report = {
         **info,

@@ -254,10 +254,12 @@ class StreamPump:
     """One stream's task on the loop, and the bounded handoff to the caller's thread.
 
     The task runs the whole ``async for`` over the stream (so a provider may
-    hold a cancel scope or deadline across its yields) and appends chunks to
-    a list shared with the caller, waking the caller at most once per loop
-    turn; ``take()`` hands over everything received so far. Once the list
-    holds ``capacity`` chunks the task waits until the caller takes them.
+    hold a cancel scope or deadline across its yields). It collects a loop
+    turn's chunks in a list of its own and moves them to the list shared
+    with the caller once per turn, under the lock, waking the caller then;
+    ``take()`` hands over everything moved so far. Once the two lists hold
+    ``capacity`` chunks the task hands them over and waits until the caller
+    takes them.
     """
 
     def __init__(self, runner: LoopThread, astream: AsyncChatStream, capacity: int) -> None:
@@ -268,10 +270,11 @@ class StreamPump:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._items: list[ChatCompletionChunk] = []
+        # The loop thread's own: chunks of this loop turn, not yet in _items.
+        self._pending: list[ChatCompletionChunk] = []
         self._error: BaseException | None = None
         self._finished = False
         self._cancelled = False
-        self._wake_scheduled = False
         self._room: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -288,20 +291,17 @@ class StreamPump:
     async def _run(self) -> None:
         astream = self._astream
         assert astream is not None
-        lock = self._lock
+        pending = self._pending
+        capacity = self._capacity
         try:
             async for chunk in astream:
-                with lock:
-                    self._items.append(chunk)
-                    # One wake-up per loop turn, not per chunk: the caller
-                    # then takes every chunk this turn decoded at once.
-                    if not self._wake_scheduled:
-                        self._wake_scheduled = True
-                        self._loop.call_soon(self._wake)
-                    if len(self._items) < self._capacity:
-                        continue
-                    room = self._room = asyncio.Event()
-                await room.wait()
+                # No lock per chunk: the chunks of a loop turn are handed
+                # over (and the caller woken) once, when the turn ends.
+                pending.append(chunk)
+                if len(pending) == 1:
+                    self._loop.call_soon(self._publish)
+                if len(pending) + len(self._items) >= capacity:
+                    await self._park().wait()
         except asyncio.CancelledError:
             # Handled here, not propagated: undo the request so that timeouts
             # and scopes in the closing code below see a task that is not
@@ -315,15 +315,30 @@ class StreamPump:
             self._error = exc
         finally:
             self._astream = None
+            self._publish()  # every chunk before the end or the error
             # Already closed when the stream ended or failed; not when the
             # cancel arrived while the pump waited for room.
             with contextlib.suppress(Exception):
                 await astream.aclose()
 
-    def _wake(self) -> None:
+    def _publish(self) -> None:
+        """Move this turn's chunks to the caller's side and wake it (loop thread only)."""
+        if self._pending:
+            with self._lock:
+                self._move_pending()
+
+    def _park(self) -> asyncio.Event:
+        """Publish, and return the event the caller sets once it has taken the chunks."""
         with self._lock:
-            self._wake_scheduled = False
-            self._changed.notify_all()
+            self._move_pending()
+            room = self._room = asyncio.Event()
+        return room
+
+    def _move_pending(self) -> None:
+        # Under the lock.
+        self._items += self._pending
+        self._pending.clear()
+        self._changed.notify_all()
 
     def _mark_finished(self, task: asyncio.Task[None]) -> None:
         with self._lock:

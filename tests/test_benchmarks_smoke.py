@@ -60,11 +60,14 @@ def test_quick_run_prints_the_table_and_writes_json(tmp_path: Path) -> None:
         "import openai (ms, fresh process)",
         "targets",
         "chatkit async streaming >= 0.6x raw floor (one stream)",
-        "import chatkit < 150 ms",
+        "chatkit async streaming >= 0.5x limit raw+orjson (one stream)",
+        "RSS per idle AsyncClient (KB, after one request)",
+        "import chatkit < 50 ms",
     ):
         assert row in table, f"missing {row!r} in:\n{table}"
-    for column in ("raw aiohttp+json", "chatkit async", "openai async", "openai sync"):
+    for column in ("limit raw+orjson", "raw aiohttp+json", "chatkit async", "openai async"):
         assert column in table
+    assert "openai sync" in table
 
     report = json.loads(out.read_text())
     assert report["rounds"] == 1
@@ -72,7 +75,9 @@ def test_quick_run_prints_the_table_and_writes_json(tmp_path: Path) -> None:
     long_row = report["results"]["long"]
     for name in ("raw aiohttp+json", "chatkit async", "openai async", "openai sync"):
         assert len(long_row[name]) == 1 and long_row[name][0] > 0
-    assert {v["target"] for v in report["targets"]} >= {"import chatkit < 150 ms"}
+    assert {v["target"] for v in report["targets"]} >= {"import chatkit < 50 ms"}
+    assert report["results"]["long"]["limit raw+orjson"][0] > 0
+    assert len(report["idle_client_rss_kb"]) == 1
 
 
 def test_sync_row_present_once_the_sync_client_exists() -> None:
@@ -114,4 +119,17 @@ def test_the_hooks_benchmark_runs_and_prints_every_contender() -> None:
     )
     assert done.returncode == 0, done.stderr
     for name in ("raw aiohttp+json", "chatkit async", "no-op hook", "LoggingHook"):
+        assert name in done.stdout
+
+
+def test_the_layers_benchmark_runs_and_checks_its_counts() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_layers.py"), "--quick", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    for name in ("limit: raw reads", "validate_json", "AsyncClient (everything)", "transport"):
         assert name in done.stdout
