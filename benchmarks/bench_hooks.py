@@ -1,12 +1,15 @@
-"""What hooks cost: chatkit with no hooks, with a hook that has every method
-(doing nothing), and with the LoggingHook, next to raw aiohttp, in one run.
+"""What hooks and the breaker cost: chatkit with no hooks, with a hook that has
+every method (doing nothing), with the LoggingHook, with a circuit breaker,
+and with a breaker and the no-op hook (issue 17's "at most 10%" case), next to
+raw aiohttp, in one run.
 
     python benchmarks/bench_hooks.py            # 5 rounds
     python benchmarks/bench_hooks.py --quick    # a smoke run (seconds)
 
 Workloads (from measure.py): one long stream (chunks/s) and sequential
 non-streamed requests (requests/s). Contenders alternate within each round;
-cells are medians over rounds, with each one's ratio to "chatkit, no hooks".
+cells are medians over rounds, with each one's ratio to "chatkit async" (no
+hooks, no breaker): per wall-clock second and per client CPU second.
 """
 
 from __future__ import annotations
@@ -37,15 +40,18 @@ class NoOpHook:
 
 
 class ChatkitWithHooks(ChatkitAsync):
-    def __init__(self, name: str, hooks: list[object]) -> None:
+    def __init__(self, name: str, hooks: list[object], breaker: bool = False) -> None:
         super().__init__()
         self.name = name
         self._hooks = hooks
+        self._breaker = breaker
 
     async def open(self, base_url: str) -> None:
         import chatkit
 
-        self._client = chatkit.AsyncClient(base_url=base_url, api_key=API_KEY, hooks=self._hooks)
+        self._client = chatkit.AsyncClient(
+            base_url=base_url, api_key=API_KEY, hooks=self._hooks, breaker=self._breaker
+        )
 
 
 def contenders() -> list[Any]:
@@ -58,6 +64,8 @@ def contenders() -> list[Any]:
         ChatkitAsync(),
         ChatkitWithHooks("chatkit, no-op hook", [NoOpHook()]),
         ChatkitWithHooks("chatkit, LoggingHook", [LoggingHook(quiet)]),
+        ChatkitWithHooks("chatkit, breaker", [], breaker=True),
+        ChatkitWithHooks("chatkit, breaker + no-op", [NoOpHook()], breaker=True),
     ]
 
 
@@ -65,7 +73,8 @@ async def measure(base_url: str, sizes: Sizes, rounds: int) -> dict[str, dict[st
     racers = contenders()
     for racer in racers:
         await racer.open(base_url)
-    results: dict[str, dict[str, list[float]]] = {r.name: {"stream": [], "seq": []} for r in racers}
+    kinds = ("stream", "seq", "stream cpu", "seq cpu")
+    results: dict[str, dict[str, list[float]]] = {r.name: {k: [] for k in kinds} for r in racers}
     try:
         for round_no in range(rounds):
             order = racers[round_no % len(racers) :] + racers[: round_no % len(racers)]
@@ -74,6 +83,8 @@ async def measure(base_url: str, sizes: Sizes, rounds: int) -> dict[str, dict[st
                 seq = await sequential_requests(racer, sizes)
                 results[racer.name]["stream"].append(stream.wall)
                 results[racer.name]["seq"].append(seq.wall)
+                results[racer.name]["stream cpu"].append(stream.cpu)
+                results[racer.name]["seq cpu"].append(seq.cpu)
     finally:
         for racer in racers:
             await racer.close()
@@ -82,15 +93,15 @@ async def measure(base_url: str, sizes: Sizes, rounds: int) -> dict[str, dict[st
 
 def table(results: dict[str, dict[str, list[float]]]) -> str:
     base = {k: statistics.median(v) for k, v in results["chatkit async"].items()}
-    lines = [
-        f"{'contender':24} {'stream chunks/s':>16} {'ratio':>6} {'requests/s':>11} {'ratio':>6}"
-    ]
+    kinds = ("stream", "seq", "stream cpu", "seq cpu")
+    heads = ("chunks/s", "requests/s", "chunks/CPU s", "requests/CPU s")
+    lines = [f"{'contender':26}" + "".join(f" {head:>14} {'ratio':>5}" for head in heads)]
     for name, cells in results.items():
-        stream, seq = statistics.median(cells["stream"]), statistics.median(cells["seq"])
-        lines.append(
-            f"{name:24} {stream:16,.0f} {stream / base['stream']:6.2f}"
-            f" {seq:11,.0f} {seq / base['seq']:6.2f}"
-        )
+        row = f"{name:26}"
+        for kind in kinds:
+            value = statistics.median(cells[kind])
+            row += f" {value:14,.0f} {value / base[kind]:5.2f}"
+        lines.append(row)
     return "\n".join(lines)
 
 

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -54,10 +56,11 @@ from chatkit._hooks import request_headers
 from chatkit._pool import ConnectionPool, Permit, origin
 from chatkit._proxy import ProxySettings, ProxyURL, SocksOptions
 from chatkit._redirects import MAX_REDIRECTS, becomes_get, redirect_target
+from chatkit._sockets import close_sockets as _close_sockets
+from chatkit._sockets import connections
 
 if TYPE_CHECKING:
     import aiohttp
-    from aiohttp.client_proto import ResponseHandler
 
 __all__ = [
     "MAX_BODY_SIZE",
@@ -306,28 +309,6 @@ def _evict_idle(
         _close_soon(sessions.pop(key), loop)
 
 
-def connections(
-    connector: aiohttp.BaseConnector,
-) -> tuple[list[ResponseHandler], list[ResponseHandler]]:
-    """A connector's (idle, in use) connections.
-
-    aiohttp has no public API for them, so this reads its private ``_conns``
-    and ``_acquired``; if a release renames them, fail loudly instead of
-    treating every connector as empty (which would evict busy sessions and
-    leave sockets of dead loops open).
-    """
-    try:
-        idle = [proto for conns in connector._conns.values() for proto, _ in conns]
-        in_use = list(connector._acquired)
-    except AttributeError as exc:
-        raise RuntimeError(_internals_changed("aiohttp's BaseConnector", exc)) from exc
-    return idle, in_use
-
-
-def _internals_changed(what: str, exc: AttributeError) -> str:
-    return f"{what} no longer has the private attribute chatkit reads ({exc}); please report it"
-
-
 # Closing tasks started by ``_close_soon``: asyncio keeps only weak references
 # to tasks, and nobody awaits these.
 _closing: set[asyncio.Task[None]] = set()
@@ -360,38 +341,6 @@ def _start_closing(session: aiohttp.ClientSession) -> None:
     task = asyncio.get_running_loop().create_task(session.close())
     _closing.add(task)
     task.add_done_callback(_closing.discard)
-
-
-def _close_sockets(connector: aiohttp.BaseConnector) -> None:
-    """Close the sockets of a connector whose loop is closed.
-
-    Neither the connector nor its transports can close themselves once their
-    loop is closed (closing schedules callbacks on it), so their sockets
-    would stay open until garbage collection. This reads private attributes
-    of aiohttp and asyncio and raises if one of them is gone.
-    """
-    idle, in_use = connections(connector)
-    for proto in idle + in_use:
-        transport = getattr(proto, "transport", None)
-        if transport is None:
-            continue  # never connected, or already lost
-        # A TLS transport wraps the socket transport of its SSL protocol.
-        ssl_protocol = getattr(transport, "_ssl_protocol", None)
-        if ssl_protocol is not None:
-            transport = ssl_protocol._transport
-        try:
-            sock = transport._sock
-        except AttributeError as exc:
-            raise RuntimeError(_internals_changed("asyncio's socket transport", exc)) from exc
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.close()
-            # What the transport's own close would do: it now reads as closed
-            # and its __del__ does not warn about an unclosed socket.
-            transport._sock = None
-    # Emptied, the connector's __del__ finds nothing to warn about.
-    connector._conns.clear()
-    connector._acquired.clear()
 
 
 class HTTPCall:
@@ -541,7 +490,7 @@ class HTTPCall:
                 headers=headers,
                 params=params,
                 proxy=http_proxy,
-                timeout=_client_timeout(self.timeout, self.deadline),
+                timeout=_client_timeout(self.timeout, self.deadline, deadline_owned()),
                 allow_redirects=False,
             )
         except BaseException as exc:
@@ -753,7 +702,22 @@ def _proxy_failure(exc: BaseException, proxy: ProxyURL | None, reading: bool) ->
     return None
 
 
-def _client_timeout(timeout: Timeout, deadline: float | None) -> aiohttp.ClientTimeout:
+# The task whose requests the caller bounds by the call's deadline itself (the
+# retry layer's non-streamed attempt, under one asyncio.timeout): they arm no
+# aiohttp ``total`` timer of their own, one timer per call instead of two.
+# A task, not a flag: a task the provider spawns is not under that timeout.
+DEADLINE_OWNER: ContextVar[asyncio.Task[Any] | None] = ContextVar("chatkit_deadline_owner")
+
+
+def deadline_owned() -> bool:
+    """Whether the running task's requests are bounded by their caller (above)."""
+    owner = DEADLINE_OWNER.get(None)
+    return owner is not None and owner is asyncio.current_task()
+
+
+def _client_timeout(timeout: Timeout, deadline: float | None, owned: bool) -> aiohttp.ClientTimeout:
+    if owned:  # connect and read still bound the connection and the silences
+        return _untotalled(timeout.connect, timeout.read)
     import aiohttp
 
     total = timeout.total
@@ -768,3 +732,10 @@ def _client_timeout(timeout: Timeout, deadline: float | None) -> aiohttp.ClientT
     return aiohttp.ClientTimeout(
         total=total, connect=timeout.connect, sock_connect=timeout.connect, sock_read=timeout.read
     )
+
+
+@functools.lru_cache(maxsize=32)
+def _untotalled(connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
+    import aiohttp
+
+    return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect, sock_read=read)
