@@ -436,9 +436,10 @@ class ContentRefusedError(APIError):
     """``parse()``: the model refused instead of answering (OpenAI's
     ``message.refusal``), or the provider stopped the answer with a content
     filter (``finish_reason="content_filter"``: Anthropic's ``refusal`` stop
-    reason, Gemini's safety stop). ``refusal`` is the refusal text (what the
-    answer held for a filtered one, possibly ""); ``finish_reason`` how it
-    ended. Not retried: asking again is the caller's choice."""
+    reason, Gemini's safety stop). ``refusal`` is the model's refusal text; a
+    filtered answer has none, so it holds a fixed explanation instead (the
+    partial answer is never put there); ``finish_reason`` says which case it
+    was. Not retried: asking again is the caller's choice."""
 
     def __init__(
         self,

@@ -30,6 +30,7 @@ from chatkit._types import (
 )
 
 __all__ = [
+    "FILTERED",
     "Check",
     "ParsedChatCompletion",
     "ParsedChatCompletionMessage",
@@ -47,6 +48,10 @@ __all__ = [
 ContentT = TypeVar("ContentT")
 
 _NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+FILTERED = "(no refusal text: the provider's content filter stopped the answer)"
+"""``ContentRefusedError.refusal`` for an answer a content filter stopped: the
+text it held so far is not a refusal, so it is not passed on as one."""
 
 
 # -- types ---------------------------------------------------------------------
@@ -243,7 +248,9 @@ def check_answer(
                 )
             except ValidationError as exc:
                 return _bad_tool_call(completion, message, call.id, model, exc)
-        if response_format is None or (message.tool_calls and not message.content):
+        if response_format is None or message.tool_calls or choice.finish_reason == "tool_calls":
+            # An answer that calls tools is not the object: any text beside
+            # the calls (a preamble) stays as it came, and parsed is None.
             continue
         text = strip_fence(message.content or "")
         try:
@@ -312,18 +319,23 @@ def _bad_tool_call(
 def _raise_if_refused(completion: ChatCompletion) -> None:
     for choice in completion.choices:
         message = choice.message
-        if message.refusal or choice.finish_reason == "content_filter":
-            refusal = message.refusal or message.content or ""
-            why = "refused" if message.refusal else "stopped by a content filter"
-            error = ContentRefusedError(
-                f"{completion.provider}: the model {why} instead of answering"
-                + (f": {refusal[:300]}" if refusal else ""),
-                refusal=refusal,
-                provider=completion.provider,
-                finish_reason=choice.finish_reason,
-            )
-            error.attempts = completion.attempts
-            raise error
+        if message.refusal:
+            refusal = message.refusal
+            what = f"the model refused instead of answering: {refusal[:300]}"
+        elif choice.finish_reason == "content_filter":
+            # Whatever text the answer held is not a refusal: it stays out.
+            refusal = FILTERED
+            what = "the answer was stopped by a content filter (finish_reason='content_filter')"
+        else:
+            continue
+        error = ContentRefusedError(
+            f"{completion.provider}: {what}",
+            refusal=refusal,
+            provider=completion.provider,
+            finish_reason=choice.finish_reason,
+        )
+        error.attempts = completion.attempts
+        raise error
 
 
 def merge_attempts(

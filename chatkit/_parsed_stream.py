@@ -22,16 +22,16 @@ from __future__ import annotations
 import types
 import typing
 import weakref
-from collections.abc import AsyncGenerator, Generator, Iterator
-from types import TracebackType
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import AsyncGenerator, Iterator
+from typing import Any, Generic, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, create_model
+from pydantic.fields import FieldInfo
 
 from chatkit._attempt import Attempt
 from chatkit._parsed import ParsedChatCompletion, strip_fence
 from chatkit._partial_json import MISSING, PartialJSONError, parse_partial
-from chatkit._streaming import AsyncChatStream
+from chatkit._streaming import AsyncChatStream, AsyncStreamBase, Pump, PumpedStream
 from chatkit._structured import ParseCall
 from chatkit._types import CompletionUsage
 
@@ -39,10 +39,17 @@ __all__ = ["AsyncParsedChatStream", "ParsedChatStream", "PartialBuilder", "parti
 
 T = TypeVar("T", bound=BaseModel)
 
+# Top-level partial views, made once per model. Building needs no shared
+# state: the models being built travel down the recursion as an argument, so
+# views built in several threads at once never see each other's.
 _PARTIAL: weakref.WeakKeyDictionary[type[BaseModel], type[BaseModel]] = weakref.WeakKeyDictionary()
 _REAL: weakref.WeakKeyDictionary[type[BaseModel], type[BaseModel]] = weakref.WeakKeyDictionary()
-_BUILDING: set[type[BaseModel]] = set()
 _MAX_DROPS = 50
+
+SHORT = 1024
+"""Up to this many characters, the answer is re-parsed after every delta."""
+GROWTH = 16
+"""Beyond ``SHORT``, it is re-parsed once it grew by 1/GROWTH since the last parse."""
 
 
 # -- the partial view ----------------------------------------------------------
@@ -50,46 +57,126 @@ _MAX_DROPS = 50
 
 def partial_model(model: type[BaseModel]) -> type[BaseModel]:
     """``model`` with every field optional (None by default), nested models too."""
+    return _partial_model(model, frozenset())
+
+
+def _partial_model(model: type[BaseModel], building: frozenset[type[BaseModel]]) -> type[BaseModel]:
     made = _PARTIAL.get(model)
     if made is not None:
         return made
-    _BUILDING.add(model)
-    try:
-        fields: dict[str, Any] = {}
-        for name, info in model.model_fields.items():
-            annotation = _partial_annotation(info.annotation)
-            fields[name] = (annotation | None, Field(default=None, alias=info.alias))
-        made = create_model(
-            f"Partial{model.__name__}",
-            __config__=ConfigDict(extra="ignore", populate_by_name=True),
-            **fields,
-        )
-    finally:
-        _BUILDING.discard(model)
-    _PARTIAL[model] = made
+    inside = building | {model}
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        # A Discriminator in Annotated[...] lands in the metadata, a
+        # Field(discriminator=...) in the field's own discriminator.
+        tagged = [meta for meta in info.metadata if isinstance(meta, Discriminator)]
+        discriminator = info.discriminator or (tagged[0] if tagged else None)
+        annotation = _partial_annotation(info.annotation, inside, discriminator)
+        fields[name] = (annotation | None, Field(default=None, alias=info.alias))
+    made = create_model(
+        f"Partial{model.__name__}",
+        __config__=ConfigDict(extra="ignore", populate_by_name=True),
+        **fields,
+    )
     _REAL[made] = model
+    if not building:
+        # A view made inside another one may stand for a model being built
+        # (as Any): only a top-level view is the same in every context.
+        _PARTIAL[model] = made
     return made
 
 
-def _partial_annotation(annotation: Any) -> Any:
+def _partial_annotation(
+    annotation: Any,
+    building: frozenset[type[BaseModel]],
+    discriminator: str | Discriminator | None = None,
+) -> Any:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         # A model that contains itself is taken as it comes (not validated).
-        return Any if annotation in _BUILDING else partial_model(annotation)
+        return Any if annotation in building else _partial_model(annotation, building)
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is None or not args:
         return annotation
     if origin is typing.Annotated:
-        return _partial_annotation(args[0])  # constraints do not hold for partial values
+        # Constraints do not hold for partial values; union tags do.
+        kept = [meta for meta in args[1:] if isinstance(meta, Tag | Discriminator)]
+        for meta in args[1:]:
+            if isinstance(meta, FieldInfo) and meta.discriminator is not None:
+                discriminator = meta.discriminator
+        inner = _partial_annotation(args[0], building, discriminator)
+        return typing.Annotated[(inner, *kept)] if kept else inner
     if origin is typing.Literal:
         return annotation
-    rebuilt = tuple(arg if arg is Ellipsis else _partial_annotation(arg) for arg in args)
     if origin is typing.Union or origin is types.UnionType:
+        if discriminator is not None:
+            tagged = _tagged_union(args, building, discriminator)
+            if tagged is not None:
+                return tagged
+        rebuilt = tuple(_partial_annotation(arg, building) for arg in args)
         return typing.Union[rebuilt]  # noqa: UP007 - built from a tuple
+    rebuilt = tuple(arg if arg is Ellipsis else _partial_annotation(arg, building) for arg in args)
     try:
         return origin[rebuilt]
     except TypeError:
         return Any
+
+
+def _tagged_union(
+    args: tuple[Any, ...],
+    building: frozenset[type[BaseModel]],
+    discriminator: str | Discriminator,
+) -> Any:
+    """A discriminated union in the partial view: the member is chosen by its
+    tag alone, so a member appears only once its tag is complete and never
+    changes type as more data arrives. None when the union is not one pydantic
+    could discriminate by that field (then it stays a plain union)."""
+    optional = type(None) in args
+    members = [arg for arg in args if arg is not type(None)]
+    if isinstance(discriminator, Discriminator):
+        # The caller's own function picks the tag from the (raw) data.
+        partial = tuple(_partial_annotation(arg, building) for arg in members)
+        union: Any = typing.Annotated[typing.Union[partial], discriminator]  # noqa: UP007
+        return typing.Optional[union] if optional else union  # noqa: UP045
+    tags: dict[Any, str] = {}
+    keys: list[str] = []
+    tagged = []
+    for member in members:
+        field = member.model_fields.get(discriminator) if _is_model(member) else None
+        values = _literal_values(field.annotation) if field is not None else ()
+        if field is None or not values:
+            return None
+        tag = f"{member.__module__}.{member.__qualname__}"
+        for value in values:
+            tags[value] = tag
+        for key in (field.alias, discriminator):
+            if key is not None and key not in keys:
+                keys.append(key)
+        tagged.append(typing.Annotated[_partial_annotation(member, building), Tag(tag)])
+
+    def pick(value: Any) -> str | None:
+        for key in keys:
+            raw = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+            if raw is not None:
+                try:
+                    return tags.get(raw)
+                except TypeError:  # an unhashable tag value: no member
+                    return None
+        return None
+
+    union = typing.Annotated[typing.Union[tuple(tagged)], Discriminator(pick)]  # noqa: UP007
+    return typing.Optional[union] if optional else union  # noqa: UP045
+
+
+def _is_model(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseModel)
+
+
+def _literal_values(annotation: Any) -> tuple[Any, ...]:
+    # A model field's annotation: pydantic has moved any Annotated metadata out.
+    if typing.get_origin(annotation) is typing.Literal:
+        return typing.get_args(annotation)
+    return ()
 
 
 def _real_value(value: Any) -> Any:
@@ -141,25 +228,45 @@ def _drop(data: Any, loc: tuple[Any, ...]) -> bool:
 
 
 class PartialBuilder(Generic[T]):
-    """Turns the text of one answer, delta by delta, into growing partial objects."""
+    """Turns the text of one answer, delta by delta, into growing partial objects.
+
+    Each parse reads the whole text so far (and the object is rebuilt from
+    it), so parsing after every delta would cost time quadratic in the
+    answer's length. Up to ``SHORT`` characters it does parse after every
+    delta; beyond, only once the text grew by a ``GROWTH``-th since the last
+    parse, so all the parsing of an answer costs about ``GROWTH`` times its
+    length. ``parses`` counts the parses so far.
+    """
 
     def __init__(self, model: type[T]) -> None:
         self._model = model
         self._view = partial_model(model)
-        self._text = ""
+        self._pieces: list[str] = []
+        self._length = 0
+        self._parsed_length = 0
         self._last: Any = MISSING
         self._broken = False
+        self.parses = 0
 
     def feed(self, delta: str) -> T | None:
-        """The new partial object after ``delta``; None when nothing new is certain."""
+        """The new partial object after ``delta``; None when nothing new is certain
+        (or when the text has not grown enough since the last parse)."""
         if not delta or self._broken:
             return None
-        self._text += delta
-        text = self._text.lstrip()
+        self._pieces.append(delta)
+        self._length += len(delta)
+        length = self._length
+        if length > SHORT and (length - self._parsed_length) * GROWTH < length:
+            return None
+        self._parsed_length = length
+        text = "".join(self._pieces)
+        self._pieces = [text]
+        text = text.lstrip()
         if text.startswith("```"):
             if "\n" not in text:
                 return None
             text = strip_fence(text + "\n```")
+        self.parses += 1
         try:
             value = parse_partial(text)
         except PartialJSONError:
@@ -197,14 +304,16 @@ def _copy(value: Any) -> Any:
 # -- the async stream ------------------------------------------------------------
 
 
-class AsyncParsedChatStream(Generic[T]):
+class AsyncParsedChatStream(AsyncStreamBase, Generic[T]):
     """``parse(..., stream=True)``: iterate for partial objects, then the final one.
 
     ``async for obj in client.chat.completions.parse(..., stream=True)`` (or
     ``stream = await ...`` first, which opens the first try up to its first
-    chunk). Once iterated to the end, ``get_final_completion()`` returns the
-    ``ParsedChatCompletion``; ``attempts``, ``usage``, ``cost``, ``tries``
-    and ``provider`` say how it went.
+    chunk). Every object but the last is a partial preview; the last one is
+    the validated object, always yielded (even when it equals the preview
+    before it), and ``stream.done`` is True from then on. Once iterated to
+    the end, ``get_final_completion()`` returns the ``ParsedChatCompletion``;
+    ``attempts``, ``usage``, ``cost``, ``tries`` and ``provider`` say how it went.
     """
 
     def __init__(self, call: ParseCall) -> None:
@@ -212,20 +321,15 @@ class AsyncParsedChatStream(Generic[T]):
         self._current: AsyncChatStream | None = None
         self._ready: AsyncChatStream | None = None
         self._final: ParsedChatCompletion[T] | None = None
+        self._builder: PartialBuilder[T] | None = None
         self._events = self._run()
 
-    # -- iteration -----------------------------------------------------------
-
-    def __aiter__(self) -> AsyncParsedChatStream[T]:
-        return self
+    # -- iteration (``async for`` and ``await``: AsyncStreamBase) ---------------
 
     async def __anext__(self) -> T:
         return await self._events.__anext__()
 
-    def __await__(self) -> Generator[Any, None, AsyncParsedChatStream[T]]:
-        return self._start().__await__()
-
-    async def _start(self) -> AsyncParsedChatStream[T]:
+    async def _start(self) -> Self:
         if self._current is None and self._final is None:
             self._ready = await self._open_try()
         return self
@@ -248,13 +352,17 @@ class AsyncParsedChatStream(Generic[T]):
         while True:
             stream = self._ready if self._ready is not None else await self._open_try()
             self._ready = None
-            builder = PartialBuilder(model) if model is not None else None
+            # The call's model is this stream's T (parse()'s overloads say so).
+            builder: PartialBuilder[T] | None = (
+                PartialBuilder(model) if model is not None else None  # type: ignore[arg-type]
+            )
+            self._builder = builder
             try:
                 async for chunk in stream:
                     if builder is not None:
                         partial = builder.feed(chunk.text)
                         if partial is not None:
-                            yield partial  # type: ignore[misc]
+                            yield partial
             except BaseException as exc:
                 self._current = None
                 call.failed(exc)
@@ -274,6 +382,7 @@ class AsyncParsedChatStream(Generic[T]):
 
     @property
     def done(self) -> bool:
+        """True once the answer validated (while the last, validated object is handled too)."""
         return self._final is not None
 
     @property
@@ -325,7 +434,7 @@ class AsyncParsedChatStream(Generic[T]):
             pass
         return self.get_final_completion()
 
-    # -- closing -------------------------------------------------------------
+    # -- closing (``close()`` and ``async with``: AsyncStreamBase) ---------------
 
     async def aclose(self) -> None:
         """Stop the stream and close the upstream response. Idempotent."""
@@ -336,84 +445,44 @@ class AsyncParsedChatStream(Generic[T]):
         finally:
             await self._events.aclose()
 
-    close = aclose
-
-    async def __aenter__(self) -> AsyncParsedChatStream[T]:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
 
 # -- the sync stream ---------------------------------------------------------------
 
 
-class Pump(Protocol):
-    """The sync facade's stream pump (``chatkit._portal.StreamPump``), as used here."""
-
-    def start(self) -> None: ...
-
-    def take(self) -> list[Any]: ...
-
-    def cancel(self) -> None: ...
-
-    def wait_finished(self, timeout: float) -> bool: ...
-
-
-class ParsedChatStream(Generic[T]):
+class ParsedChatStream(PumpedStream[T]):
     """``Client.chat.completions.parse(..., stream=True)``: the sync iterator.
 
     A bridge: the ``AsyncParsedChatStream`` runs on chatkit's loop thread in
     one pump task, which hands the objects over. Iterate it once (``for``
-    closes it when the loop ends), or use it as a context manager.
+    closes it when the loop ends), or use it as a context manager; the
+    ``Client`` that opened it closes it in ``close()``.
     """
 
-    def __init__(self, pump: Pump, astream: AsyncParsedChatStream[T], close_wait: float) -> None:
-        self._pump = pump
+    def __init__(self, pump: Pump, astream: AsyncParsedChatStream[T], owner: object) -> None:
+        self._open_pump(pump)
         self._astream = astream
-        self._close_wait = close_wait
-        self._buffer: list[T] = []
-        self._done = False
-        self._closed = False
-        pump.start()
-        # As create(stream=True): wait for the first object, so a failed call
-        # (or a refusal) raises here rather than in the caller's loop.
-        self._refill()
+        # The stream keeps its client, and so its connections, alive.
+        self._owner = owner
+        self._last: T | None = None
 
     def __iter__(self) -> Iterator[T]:
         return self._iterate()
 
     def _iterate(self) -> Iterator[T]:
+        buffer = self._buffer
         try:
-            while self._buffer or self._refill():
-                items, self._buffer = self._buffer, []
-                yield from items
+            while buffer or self._refill():
+                while buffer:
+                    item = self._last = buffer.popleft()
+                    yield item
         finally:
             self.close()
 
     def __next__(self) -> T:
         if not self._buffer and not self._refill():
             raise StopIteration
-        return self._buffer.pop(0)
-
-    def _refill(self) -> bool:
-        if self._done:
-            return False
-        try:
-            batch = self._pump.take()
-        except BaseException:
-            self.close()
-            raise
-        if not batch:
-            self._done = True
-            return False
-        self._buffer.extend(batch)
-        return True
+        item = self._last = self._buffer.popleft()
+        return item
 
     @property
     def tries(self) -> int:
@@ -437,7 +506,12 @@ class ParsedChatStream(Generic[T]):
 
     @property
     def done(self) -> bool:
-        return self._astream.done
+        """True once the answer validated and its object (the last) was handed over."""
+        astream = self._astream
+        if not astream.done or self._buffer:
+            return False
+        final = astream.get_final_completion().parsed
+        return final is None or self._last is final
 
     def get_final_completion(self) -> ParsedChatCompletion[T]:
         """The ``ParsedChatCompletion``, once the stream has been read to its end."""
@@ -448,28 +522,3 @@ class ParsedChatStream(Generic[T]):
         for _ in self:
             pass
         return self.get_final_completion()
-
-    def close(self) -> None:
-        """Stop the stream and wait (briefly) until the upstream response is closed."""
-        if self._closed:
-            return
-        self._closed = True
-        self._done = True
-        self._buffer = []
-        self._pump.cancel()
-        self._pump.wait_finished(self._close_wait)
-
-    def __enter__(self) -> ParsedChatStream[T]:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
-            self._pump.cancel()

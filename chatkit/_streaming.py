@@ -7,15 +7,21 @@ Leaving it early closes the upstream response: ``aclose()``, ``async with``,
 and, for a stream nobody holds any more, garbage collection.
 
 ``StreamResults`` holds what both stream kinds (this one and the sync
-``ChatStream``) report about the answer so far.
+``ChatStream``) report about the answer so far. ``AsyncStreamBase`` and
+``PumpedStream`` hold the plumbing every async / sync stream shares (the
+chunk streams and the parsed streams of ``chatkit._parsed_stream``): iterate
+or await, close, context managers, and for sync streams the pump handoff.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+from abc import abstractmethod
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from chatkit._assemble import CompletionBuilder
 from chatkit._attempt import Attempt
@@ -24,7 +30,134 @@ from chatkit._prices import PriceTable
 from chatkit._resume import ResumeRecord
 from chatkit._types import ChatCompletion, ChatCompletionChunk, CompletionUsage
 
-__all__ = ["AsyncChatStream", "StreamResults"]
+__all__ = [
+    "CLOSE_WAIT",
+    "AsyncChatStream",
+    "AsyncStreamBase",
+    "Pump",
+    "PumpedStream",
+    "StreamResults",
+]
+
+ItemT = TypeVar("ItemT")
+
+CLOSE_WAIT = 5.0
+"""Seconds a sync stream's ``close()`` waits for its pump to have closed the upstream response."""
+
+
+class AsyncStreamBase:
+    """What every async stream offers around its own ``__anext__``: ``async for``
+    on it directly, ``await`` (runs ``_start()``: up to the first item), and
+    ``close()`` / ``async with`` closing it through ``aclose()``."""
+
+    def __aiter__(self) -> Self:
+        return self
+
+    def __await__(self) -> Generator[Any, None, Self]:
+        return self._start().__await__()
+
+    @abstractmethod
+    async def _start(self) -> Self:
+        """Open the stream up to its first item (kept for the first ``__anext__``)."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stop the stream and close the upstream response. Idempotent."""
+
+    async def close(self) -> None:
+        """The same as ``aclose()``."""
+        await self.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class Pump(Protocol):
+    """The sync facade's stream pump (``chatkit._portal.StreamPump``), as sync streams use it."""
+
+    def start(self) -> None: ...
+
+    def take(self) -> list[Any]: ...
+
+    def cancel(self) -> None: ...
+
+    def wait_finished(self, timeout: float) -> bool: ...
+
+
+class PumpedStream(Generic[ItemT]):
+    """What every sync stream shares: the items a pump task hands over from
+    chatkit's loop thread (``_refill``), closing (``close()``, ``with``,
+    garbage collection) and the fork check: a child process never touches
+    the parent's streams. Subclasses iterate ``_buffer`` their own way."""
+
+    _pump: Pump
+    _buffer: deque[ItemT]
+    _done: bool
+    _closed: bool
+    _pid: int
+
+    def _open_pump(self, pump: Pump) -> None:
+        self._pump = pump
+        self._pid = os.getpid()
+        self._buffer = deque()
+        self._done = False
+        self._closed = False
+
+    def _refill(self) -> bool:
+        """Wait for the next items (True), or the end (False); raise the stream's error."""
+        if self._done:
+            return False
+        if self._pid != os.getpid():
+            raise RuntimeError("this stream was opened in the parent process; open a new one")
+        try:
+            batch = self._pump.take()
+        except BaseException as exc:
+            self._failed(exc)
+            self.close()
+            raise
+        if not batch:
+            self._done = True
+            return False
+        self._buffer.extend(batch)
+        return True
+
+    def _failed(self, exc: BaseException) -> None:
+        """The stream raised ``exc`` (before it is closed and re-raised): nothing by default."""
+
+    def close(self) -> None:
+        """Stop the stream and wait (briefly) until the upstream response is closed. Idempotent."""
+        if self._closed or self._pid != os.getpid():
+            # A forked child never touches the parent's streams.
+            return
+        self._closed = True
+        self._done = True
+        self._buffer.clear()
+        self._pump.cancel()
+        self._pump.wait_finished(CLOSE_WAIT)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # May run in any thread, the loop's included: schedule, never wait.
+        if not getattr(self, "_closed", True) and self._pid == os.getpid():
+            self._pump.cancel()
 
 
 class StreamResults:
@@ -86,7 +219,7 @@ class StreamResults:
         return f"<{name} provider={self.provider!r} {state} text={self.text[:40]!r}>"
 
 
-class AsyncChatStream(StreamResults):
+class AsyncChatStream(StreamResults, AsyncStreamBase):
     """A streamed answer. Iterate it once; read ``text`` and the rest any time."""
 
     def __init__(
@@ -114,10 +247,7 @@ class AsyncChatStream(StreamResults):
         self._closed = False
         self.attempts: list[Attempt] = attempts if attempts is not None else []
 
-    # -- iteration -----------------------------------------------------------
-
-    def __aiter__(self) -> AsyncChatStream:
-        return self
+    # -- iteration (``async for`` and ``await``: AsyncStreamBase) ---------------
 
     async def __anext__(self) -> ChatCompletionChunk:
         first = self._first
@@ -139,10 +269,7 @@ class AsyncChatStream(StreamResults):
         self._add(chunk)
         return chunk
 
-    def __await__(self) -> Generator[Any, None, AsyncChatStream]:
-        return self._start().__await__()
-
-    async def _start(self) -> AsyncChatStream:
+    async def _start(self) -> Self:
         if not self._started:
             with contextlib.suppress(StopAsyncIteration):
                 self._first = await self.__anext__()
@@ -185,19 +312,6 @@ class AsyncChatStream(StreamResults):
         """Stop the stream and close the upstream response. Idempotent."""
         self._first = None
         await self._finish()
-
-    close = aclose
-
-    async def __aenter__(self) -> AsyncChatStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __del__(self) -> None:
         # A stream abandoned mid-way (``break`` out of ``async for create(...)``)

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from chatkit._aliases import ProviderSpec, TimeoutTypes
 from chatkit._attempt import Attempt
 from chatkit._config import Timeout, coerce_timeout, is_number
 from chatkit._errors import (
@@ -37,13 +38,10 @@ from chatkit._parsed import (
     tool_models,
 )
 from chatkit._prices import PriceTable
-from chatkit._request import build_request
+from chatkit._request import ChatRequest, build_request
 from chatkit._types import ChatCompletion
 
-__all__ = ["ParseCall", "prepare_parse"]
-
-# create()'s own keyword arguments; everything else in **kwargs is an OpenAI parameter.
-_OPTIONS = ("provider", "proxy", "extra_headers", "extra_query", "extra_body")
+__all__ = ["ParseCall", "create_request", "prepare_parse"]
 
 
 @dataclass
@@ -141,9 +139,38 @@ class ParseCall:
                 return parsed
 
 
+def create_request(
+    messages: Any,
+    model: str | None,
+    *,
+    stream: bool,
+    provider: ProviderSpec | None = None,
+    proxy: str | None = None,
+    timeout: TimeoutTypes = None,
+    extra_headers: Mapping[str, str] | None = None,
+    extra_query: Mapping[str, str] | None = None,
+    extra_body: Mapping[str, Any] | None = None,
+    **params: Any,
+) -> ChatRequest:
+    """``create()``'s arguments as a checked ``ChatRequest`` (``provider`` and
+    ``proxy`` choose the route, they are not part of it): the one mapping of
+    them, used by ``create()`` and, before any I/O, by ``parse()``."""
+    return build_request(
+        model=model,
+        messages=messages,
+        stream=stream,
+        params=params,
+        extra_headers=extra_headers,
+        extra_query=extra_query,
+        extra_body=extra_body,
+        timeout=timeout,
+    )
+
+
 def prepare_parse(
     create: Callable[..., Any],
     *,
+    check_request: Callable[..., ChatRequest],
     messages: Any,
     model: Any,
     response_format: Any,
@@ -158,6 +185,9 @@ def prepare_parse(
 
     ``strict()`` says whether the chosen provider takes OpenAI's strict
     schemas (it resolves the provider, so it runs after the cheap checks).
+    ``check_request(messages, model, stream=..., **options)`` is the client's
+    mapping of ``create()``'s arguments to a checked ``ChatRequest``: the
+    first try's request is checked by it here, before any I/O.
     """
     if response_format is not None and not is_model_class(response_format):
         raise InvalidRequestError(
@@ -183,16 +213,7 @@ def prepare_parse(
         options["response_format"] = response_format_for(response_format, strict())
     else:
         strict()  # the same checks (closed client, unknown provider) either way
-    params = {name: value for name, value in options.items() if name not in _OPTIONS}
-    request = build_request(
-        model=model,
-        messages=messages,
-        stream=stream,
-        params=params,
-        extra_headers=options.get("extra_headers"),
-        extra_query=options.get("extra_query"),
-        extra_body=options.get("extra_body"),
-    )
+    request = check_request(messages, model, stream=stream, **options)
     return ParseCall(
         create=create,
         messages=request.messages,

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import os
 import threading
 import weakref
-from collections import deque
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
@@ -39,7 +37,7 @@ from chatkit._parsed import ParsedChatCompletion
 from chatkit._parsed_stream import ParsedChatStream
 from chatkit._prices import Price
 from chatkit._resume import Resume
-from chatkit._streaming import StreamResults
+from chatkit._streaming import PumpedStream, StreamResults
 from chatkit._types import ChatCompletion, ChatCompletionChunk, Model
 from chatkit.providers._base import Provider
 
@@ -52,15 +50,13 @@ __all__ = ["ChatStream", "Client"]
 
 T = TypeVar("T")
 BaseModelT = TypeVar("BaseModelT", bound="BaseModel")
+PumpedStreamT = TypeVar("PumpedStreamT", bound="PumpedStream[Any]")
 
 BATCH_LIMIT = 64
 """The most chunks the pump holds for a caller that has not taken them yet."""
 
-CLOSE_WAIT = 5.0
-"""Seconds ``close()`` waits for the pump to have closed the upstream response."""
 
-
-class ChatStream(StreamResults):
+class ChatStream(StreamResults, PumpedStream[ChatCompletionChunk]):
     """A streamed answer for sync code: iterate it once, or use it as a context manager.
 
     ``for chunk in stream`` closes the stream when the loop ends, by
@@ -69,15 +65,13 @@ class ChatStream(StreamResults):
     ``get_final_completion()`` reflect the chunks handed to the caller so far.
     """
 
+    _pump: _portal.StreamPump
+
     def __init__(self, pump: _portal.StreamPump, *, attempts: list[Attempt], owner: Client) -> None:
-        self._pump = pump
+        self._open_pump(pump)
         # The stream keeps its client, and so its connections, alive.
         self._owner = owner
-        self._pid = os.getpid()
-        self._buffer: deque[ChatCompletionChunk] = deque()
         self._builder = CompletionBuilder()
-        self._done = False
-        self._closed = False
         self.attempts: list[Attempt] = attempts
 
     # -- iteration -----------------------------------------------------------
@@ -106,25 +100,11 @@ class ChatStream(StreamResults):
         self._builder.add(chunk)
         return chunk
 
-    def _refill(self) -> bool:
-        if self._done:
-            return False
-        if self._pid != os.getpid():
-            raise RuntimeError("this stream was opened in the parent process; open a new one")
-        try:
-            batch = self._pump.take()
-        except BaseException as exc:
-            if isinstance(exc, StreamInterrupted):
-                # Every chunk before the failure has been handed over by now:
-                # this stream's text is exactly what reached the caller.
-                exc.partial_text = self._builder.text
-            self.close()
-            raise
-        if not batch:
-            self._done = True
-            return False
-        self._buffer.extend(batch)
-        return True
+    def _failed(self, exc: BaseException) -> None:
+        if isinstance(exc, StreamInterrupted):
+            # Every chunk before the failure has been handed over by now:
+            # this stream's text is exactly what reached the caller.
+            exc.partial_text = self._builder.text
 
     # -- results (and those of StreamResults) --------------------------------
 
@@ -147,34 +127,8 @@ class ChatStream(StreamResults):
             pass
         return self.get_final_completion()
 
-    # -- closing -------------------------------------------------------------
-
-    def close(self) -> None:
-        """Stop the stream and wait (briefly) until the upstream response is closed. Idempotent."""
-        if self._closed or self._pid != os.getpid():
-            # A forked child never touches the parent's streams.
-            return
-        self._closed = True
-        self._done = True
-        self._buffer.clear()
-        self._pump.cancel()
-        self._pump.wait_finished(CLOSE_WAIT)
-
-    def __enter__(self) -> ChatStream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        # May run in any thread, the loop's included: schedule, never wait.
-        if not self._closed and self._pid == os.getpid():
-            self._pump.cancel()
+    # Closing (``close()``, ``with``, garbage collection) and the pump
+    # handoff (``_refill``) are PumpedStream's, shared with ParsedChatStream.
 
 
 class Client:
@@ -222,7 +176,7 @@ class Client:
             prices=prices,
             resume=resume,
         )
-        self._streams: weakref.WeakSet[ChatStream] = weakref.WeakSet()
+        self._streams: weakref.WeakSet[PumpedStream[Any]] = weakref.WeakSet()
         self._streams_lock = threading.Lock()
         _live_clients.add(self)
 
@@ -288,11 +242,15 @@ class Client:
         stream = ChatStream(pump, attempts=astream.attempts, owner=self)
         stream._prices = astream._prices
         stream._resumes = astream._resumes
+        return self._track(stream)
+
+    def _track(self, stream: PumpedStreamT) -> PumpedStreamT:
+        """Register ``stream`` (``close()`` closes it), start its pump and wait for
+        its first item, as ``await create(..., stream=True)`` does: a failed call
+        raises here, not in the middle of the caller's loop."""
         with self._streams_lock:
             self._streams.add(stream)
-        pump.start()
-        # Wait for the first chunk, as ``await create(..., stream=True)`` does:
-        # a failed call raises here, not in the middle of the caller's loop.
+        stream._pump.start()
         stream._refill()
         return stream
 
@@ -500,7 +458,7 @@ class _Completions:
             # The pump runs any async stream; it is typed for the chunk streams.
             chunks = cast("AsyncChatStream", astream)
             pump = _portal.StreamPump(_portal.current(), chunks, BATCH_LIMIT)
-            return ParsedChatStream(pump, astream, CLOSE_WAIT)
+            return client._track(ParsedChatStream(pump, astream, owner=client))
         completion: ParsedChatCompletion[Any] = client._run(
             completions.parse(messages, model, stream=False, **options)
         )
