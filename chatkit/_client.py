@@ -43,7 +43,7 @@ from chatkit._resume import Resume
 from chatkit._retry import RetryingCall, RetryPolicy, own_retrying_call
 from chatkit._retry_provider import IterListProvider
 from chatkit._streaming import AsyncChatStream
-from chatkit._structured import prepare_parse
+from chatkit._structured import create_request, prepare_parse
 from chatkit._transport import HTTPCall, Transport
 from chatkit._types import ChatCompletion, Model
 from chatkit.providers import (
@@ -111,7 +111,8 @@ class AsyncClient:
     chatkit.Price(input=0.15, output=0.60)}``, dollars per million tokens.
     ``resume`` (``True`` or a ``chatkit.Resume``) continues a stream that broke
     off after content on a provider that can continue it (docs/resilience.md);
-    it overrides a ``RetryProvider``'s own ``resume``.
+    given explicitly (``True``, ``False`` or a ``Resume``) it wins over a
+    ``RetryProvider``'s own ``resume``; ``None`` (the default) leaves that one.
     A closed client raises ``ClientClosedError`` at once for every new call.
     """
 
@@ -136,6 +137,9 @@ class AsyncClient:
     ) -> None:
         self._api_key = _check_api_key(api_key)
         self._resume = Resume.coerce(resume)
+        # An explicit False (off) wins over a RetryProvider's own resume; None
+        # (unset) leaves it.
+        self._resume_given = resume is not None
         self._hooks = HookRunner(hooks) if hooks else None
         self._prices = PriceTable(prices)
         self._breaker = CircuitBreaker.coerce(breaker)
@@ -295,7 +299,7 @@ class AsyncClient:
                 state=self._state if self._breaker or _rate_limited(provider) else None,
             )
         call.prices = self._prices
-        if self._resume is not None:
+        if self._resume_given:
             call.resume = self._resume
         if self._hooks is not None:
             call.hooks = self._hooks
@@ -407,15 +411,15 @@ class _Completions:
         ``stream=True``: an ``AsyncChatStream`` (``async for`` it directly, or
         ``await`` it first). Every argument is validated before any I/O.
         """
-        request = build_request(
-            model=model,
-            messages=messages,
+        request = create_request(
+            messages,
+            model,
             stream=stream,
-            params=params,
+            timeout=timeout,
             extra_headers=extra_headers,
             extra_query=extra_query,
             extra_body=extra_body,
-            timeout=timeout,
+            **params,
         )
         call, http = self._client._start(provider, request, proxy)
         hooks, info = call.hooks, call.info
@@ -515,6 +519,7 @@ class _Completions:
 
         call = prepare_parse(
             self.create,
+            check_request=create_request,
             messages=messages,
             model=model,
             response_format=response_format,

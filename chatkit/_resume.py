@@ -24,9 +24,11 @@ decoding would start over).
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TypeAlias, TypeVar
+
+from pydantic import BaseModel
 
 from chatkit._attempt import Attempt
 from chatkit._config import is_number
@@ -42,11 +44,17 @@ __all__ = [
     "Resume",
     "ResumeRecord",
     "can_continue",
+    "continuers",
     "prefilled_messages",
     "resume_stream",
 ]
 
 _DEFAULT_MAX_OVERLAP = 200
+
+UsageKnown: TypeAlias = Literal["all", "prompt", "none"]
+
+L = TypeVar("L")
+M = TypeVar("M")
 
 
 @dataclass(frozen=True)
@@ -55,9 +63,10 @@ class Resume:
 
     max_resumes: continuations allowed per answer (0: never resume).
     same_provider_only: continue only on the provider that was answering
-        (another model would change the voice mid-sentence). With False, a
-        ``RetryProvider``'s next member that can continue takes over when
-        that one fails before content.
+        (another model would change the voice mid-sentence). With False,
+        when it cannot continue or its continuation fails before content,
+        the members of its ``RetryProvider`` after it (wrapping around) that
+        can continue take over, in order (``continuers``).
     max_overlap: the most characters at the end of the text so far that a
         continuation may repeat and have dropped at the seam.
 
@@ -109,6 +118,13 @@ class ResumeRecord:
     overlap: characters the continuation repeated, dropped at the seam.
     error: why the continuation failed before content (the stream then
         raised ``StreamInterrupted``); None otherwise.
+    broken_usage: what is known of the usage of the piece that broke off
+        (the one this continues), as counted in the answer's summed usage.
+    broken_usage_known: how much of it is known: "all" (the piece reported
+        its usage before breaking off), "prompt" (its prompt tokens only,
+        from Anthropic's ``message_start``; its completion tokens are not
+        counted) or "none" (it reported nothing: left out of the sum, which
+        is then short by that piece). chatkit never estimates the rest.
     attempts: the attempts the continuation made (also in ``stream.attempts``).
     """
 
@@ -118,6 +134,8 @@ class ResumeRecord:
     provider: str | None = None
     overlap: int = 0
     error: BaseException | None = None
+    broken_usage: CompletionUsage | None = None
+    broken_usage_known: UsageKnown = "none"
     _all: list[Attempt] = field(default_factory=list, repr=False)
     _start: int = field(default=0, repr=False)
     _end: int | None = field(default=None, repr=False)
@@ -147,8 +165,8 @@ class Resumable(Protocol):
 
     def continuation(self, prefill: str, others: bool) -> Resumable | None:
         """A call continuing the answer from ``prefill`` on the provider that was
-        answering (then, with ``others``, its siblings that can continue), or
-        None when that provider cannot continue."""
+        answering if it can continue (then, with ``others``, its siblings that
+        can: ``continuers``), or None when none of them can."""
         ...
 
 
@@ -156,6 +174,28 @@ def can_continue(provider: object) -> bool:
     """Whether ``provider`` declares that it continues a final assistant message."""
     capabilities = getattr(provider, "capabilities", None)
     return isinstance(capabilities, Capabilities) and capabilities.continue_message
+
+
+def continuers(leaf: L, members: Sequence[M], *, others: bool) -> list[L | M]:
+    """Who is asked to continue an answer ``leaf`` gave, in order.
+
+    ``leaf`` itself when it can continue; then, with ``others``, the
+    ``members`` (the provider list ``leaf`` was chosen from, in this call's
+    order) after it, wrapping around, that can continue. Empty: nobody can.
+    Members with an open circuit stay in the list: the call skips them, as
+    an attempt that says so.
+    """
+
+    def is_leaf(member: object) -> bool:
+        return member is leaf or (isinstance(member, type) and type(leaf) is member)
+
+    chosen: list[L | M] = [leaf] if can_continue(leaf) else []
+    if not others:
+        return chosen
+    at = next((i for i, member in enumerate(members) if is_leaf(member)), -1)
+    after = [*members[at + 1 :], *members[: max(at, 0)]]
+    chosen.extend(m for m in after if not is_leaf(m) and can_continue(m))
+    return chosen
 
 
 def prefilled_messages(messages: list[dict[str, Any]], prefill: str) -> list[dict[str, Any]] | None:
@@ -185,16 +225,53 @@ def _eligible(request: ChatRequest) -> bool:
     return (n is None or n == 1) and params.get("response_format") is None
 
 
+_DETAILS = ("prompt_tokens_details", "completion_tokens_details")
+
+
+def _counts(details: BaseModel | None) -> dict[str, int]:
+    if details is None:
+        return {}
+    return {k: v for k, v in details.model_dump().items() if is_number(v, integer=True)}
+
+
 def _plus(before: CompletionUsage | None, usage: CompletionUsage) -> CompletionUsage:
+    """``before`` and ``usage`` summed, their token details field by field."""
     if before is None:
         return usage
-    return usage.model_copy(
-        update={
-            "prompt_tokens": before.prompt_tokens + usage.prompt_tokens,
-            "completion_tokens": before.completion_tokens + usage.completion_tokens,
-            "total_tokens": before.total_tokens + usage.total_tokens,
-        }
-    )
+    update: dict[str, Any] = {
+        "prompt_tokens": before.prompt_tokens + usage.prompt_tokens,
+        "completion_tokens": before.completion_tokens + usage.completion_tokens,
+        "total_tokens": before.total_tokens + usage.total_tokens,
+    }
+    for name in _DETAILS:
+        mine, theirs = getattr(before, name), getattr(usage, name)
+        if mine is None or theirs is None:
+            update[name] = theirs if mine is None else mine
+            continue
+        summed = _counts(theirs)
+        for key, value in _counts(mine).items():
+            summed[key] = summed.get(key, 0) + value
+        update[name] = theirs.model_copy(update=summed)
+    return usage.model_copy(update=update)
+
+
+def _broken_usage(
+    reported: CompletionUsage | None, cause: BaseException
+) -> tuple[CompletionUsage | None, UsageKnown]:
+    """What is known of the usage of a piece that broke off, and how much.
+
+    The usage it reported (vLLM's ``continuous_usage_stats``, a usage chunk
+    before the break): "all". Otherwise a provider that knows part of it sets
+    the error's ``partial_usage``, its prompt tokens (Anthropic's
+    ``message_start``): "prompt", its completion tokens not counted. Else
+    "none": the piece is left out of the sum. Nothing is estimated.
+    """
+    if reported is not None:
+        return reported, "all"
+    partial = getattr(cause, "partial_usage", None)
+    if isinstance(partial, CompletionUsage):
+        return partial, "prompt"
+    return None, "none"
 
 
 class _Answer:
@@ -327,13 +404,15 @@ async def _next_piece(
     if start is None or continuation is None:
         raise interrupted
     prefill, trimmed = start
-    if answer.usage is not None:
-        answer.before = _plus(answer.before, answer.usage)
+    broken, known = _broken_usage(answer.usage, cause)
+    if broken is not None:
+        answer.before = _plus(answer.before, broken)
     answer.usage = None
     if answer.record is not None:
         answer.record._end = len(call.attempts)
     offset = len(prefill) + len(trimmed)
     record = ResumeRecord(len(call.resumes) + 1, offset, cause, _all=call.attempts)
+    record.broken_usage, record.broken_usage_known = broken, known
     record._start = len(call.attempts)
     call.resumes.append(record)
     answer.record = record

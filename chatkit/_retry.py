@@ -64,7 +64,7 @@ from chatkit._outcome import (
 from chatkit._policy import RetryPolicy
 from chatkit._prices import PriceTable
 from chatkit._request import ChatRequest
-from chatkit._resume import Resume, ResumeRecord, can_continue, prefilled_messages, resume_stream
+from chatkit._resume import Resume, ResumeRecord, continuers, prefilled_messages, resume_stream
 from chatkit._transport import DEADLINE_OWNER, HTTPCall
 from chatkit._types import ChatCompletion, ChatCompletionChunk, set_provider
 from chatkit.providers import model_for
@@ -158,6 +158,7 @@ class RetryingCall(HealthChecks):
     _parent: RetryingCall | None = field(default=None, init=False, repr=False)
     # Who answered (the leaf provider and the call that ran it), for a resume.
     _leaf: tuple[Provider, RetryingCall] | None = field(default=None, init=False, repr=False)
+    _continuing: RetryingCall | None = field(default=None, init=False, repr=False)
     _openers: dict[int, _Runnable] = field(default_factory=dict, init=False, repr=False)
     _deadline: float | None = field(default=None, init=False, repr=False)
     _first: int = field(default=0, init=False, repr=False)
@@ -479,26 +480,34 @@ class RetryingCall(HealthChecks):
         return self.piece()
 
     def continuation(self, prefill: str, others: bool) -> RetryingCall | None:
-        """A call continuing this answer from ``prefill`` (see ``_resume.Resumable``)."""
-        if self._leaf is None or not can_continue(self._leaf[0]):
+        """A call continuing this answer from ``prefill`` (see ``_resume.Resumable``):
+        on the provider that answered last (the last continuation's, after a
+        resume) if it can continue, then, with ``others``, on the members of
+        its provider list after it that can (``continuers``)."""
+        last = self._continuing if self._continuing is not None else self
+        if self._leaf is None or last._leaf is None:
             return None
-        leaf, owner = self._leaf
+        # The first answer's owner holds the conversation and the member list.
+        leaf, owner = last._leaf[0], self._leaf[1]
+        candidates = continuers(leaf, owner.candidates, others=others)
         messages = prefilled_messages(owner.request.messages, prefill)
-        if messages is None:
+        if not candidates or messages is None:
             return None
-        members = [m for m in owner.candidates if others and m is not leaf and can_continue(m)]
-        members = [m for m in members if not (isinstance(m, type) and type(leaf) is m)]
         call = dataclasses.replace(
             owner,
-            candidates=[leaf, *members],
+            candidates=candidates,
             request=dataclasses.replace(owner.request, messages=messages),
             on_attempt=None,
             hedging=None,
             timeout=None,
             resume=None,
+            # A continuation that adds nothing is the end of the answer (the
+            # model had finished), not an empty answer to move on from.
+            fallback_on_empty=False,
         )
         self._adopt(call)
         call._deadline = self._deadline
+        self._continuing = call
         return call
 
     async def piece(self) -> AsyncGenerator[ChatCompletionChunk, None]:

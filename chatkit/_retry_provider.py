@@ -125,9 +125,10 @@ class IterListProvider:
         on its attempt). Never after content. Default False.
     resume: ``True`` or a ``chatkit.Resume``: continue a stream that broke off
         after content, on the member that was answering (or, with
-        ``same_provider_only=False``, the next member that can continue).
-        Used when this provider is the client's; the client's own ``resume``
-        wins. Default None: off (docs/resilience.md).
+        ``same_provider_only=False``, the members after it that can
+        continue). Used when this provider is the client's; the client's
+        ``resume``, when given (``True``, ``False`` or a ``Resume``), wins.
+        Default None: off (docs/resilience.md).
     """
 
     name: str = "IterListProvider"

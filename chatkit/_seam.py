@@ -15,17 +15,26 @@ what the caller has: ``prefill + trimmed``) and ``head`` (the continuation
 so far):
 
 1. The longest repeat is dropped: a suffix of ``prefill`` of at most
-   ``max_overlap`` characters that ``head`` starts with (after whitespace,
-   for the whole prefill). It must begin and end on word boundaries, so
-   that a genuine continuation (``"I like the"`` then ``" theme"``) is
-   never cut.
+   ``max_overlap`` characters that ``head`` starts with. It must begin and
+   end on word boundaries, so that a genuine continuation (``"I like the"``
+   then ``" theme"``) is never cut, and it must be long enough to be told
+   from text that merely goes on alike: at least ``MIN_WORDS`` words, or
+   ``MIN_CHARS`` characters with a letter or digit among them. A shorter
+   match is kept (``"x = [1, 2,"`` then ``" 2, 3]"`` is real text more
+   often than an echo), so a model that repeats one short word shows it
+   twice. The exception: the continuation starts the whole prefill over
+   (after whitespace of its own, and ignoring the prefill's leading
+   whitespace), which is dropped however short.
 2. Then the longest common start of what is left and ``trimmed`` is
    dropped: that whitespace is on the caller's screen already.
 """
 
 from __future__ import annotations
 
-__all__ = ["Seam", "seam_cut", "split_prefill"]
+__all__ = ["MIN_CHARS", "MIN_WORDS", "Seam", "long_enough", "seam_cut", "split_prefill"]
+
+MIN_WORDS = 2
+MIN_CHARS = 8
 
 
 def split_prefill(text: str) -> tuple[str, str]:
@@ -41,6 +50,19 @@ def _word(char: str) -> bool:
 def _boundary(left: str, right: str) -> bool:
     """Whether a word boundary lies between the characters ``left`` and ``right``."""
     return not (_word(left) and _word(right))
+
+
+def long_enough(repeat: str) -> bool:
+    """Whether ``repeat`` is long enough to be dropped as an echo (rule 1)."""
+    words, inside = 0, False
+    for char in repeat:
+        word = _word(char)
+        if word and not inside:
+            words += 1
+        inside = word
+    if words >= MIN_WORDS:
+        return True
+    return len(repeat) >= MIN_CHARS and any(char.isalnum() for char in repeat)
 
 
 def seam_cut(
@@ -65,10 +87,12 @@ def seam_cut(
 def _repeat(prefill: str, head: str, max_overlap: int, final: bool) -> int | None:
     """The length of the longest suffix of ``prefill`` that ``head`` repeats (rule 1).
 
-    A repeat of the whole prefill (the model started over) may come after
-    whitespace of its own.
+    A repeat of the whole prefill (the model started over; with or without
+    the prefill's own leading whitespace) may come after whitespace of its
+    own, and needs no minimum length.
     """
     tail = prefill[-max_overlap:] if max_overlap > 0 else ""
+    lead = len(prefill) - len(prefill.lstrip())
     # Longest candidate first: the first that matches is the one to drop.
     for start in range(len(tail)):
         size = len(tail) - start
@@ -76,7 +100,10 @@ def _repeat(prefill: str, head: str, max_overlap: int, final: bool) -> int | Non
         if at > 0 and not _boundary(prefill[at - 1], prefill[at]):
             continue
         candidate = tail[start:]
-        pad = len(head) - len(head.lstrip()) if at == 0 else 0
+        whole = at <= lead
+        if not whole and not long_enough(candidate):
+            break  # every shorter suffix is shorter still
+        pad = len(head) - len(head.lstrip()) if whole else 0
         body = head[pad:]
         if len(body) < size:
             if not final and candidate.startswith(body):

@@ -10,107 +10,31 @@ the async and the sync client.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
-import anyio.to_thread
 import pytest
+from resume_support import (
+    KINDS,
+    MESSAGES,
+    TEXT,
+    VLLM,
+    Scripted,
+    anthropic_at,
+    ask,
+    named,
+    threaded,
+    vllm_at,
+)
 
 import chatkit
-from chatkit import AsyncClient, Client, Resume, StreamInterrupted, Timeout
+from chatkit import AsyncClient, Client, Resume, StreamInterrupted
 from chatkit.providers import Anthropic, Gemini, Local, OpenAI, get_provider_class
 from chatkit.providers.base import Capabilities
 from chatkit.testing import Behavior, FakeAnthropicServer, FakeGeminiServer, FakeOpenAIServer
 
 pytestmark = pytest.mark.anyio
-
-TEXT = (
-    "The quick brown fox jumps over the lazy dog, then runs far away into the"
-    " quiet woods where nobody will ever find it again."
-)
-MESSAGES = [{"role": "user", "content": "Tell me about the fox."}]
-KINDS = ["async", "sync"]
-FAST = Timeout(connect=2.0, read=5.0, total=20.0)
-VLLM = get_provider_class("vllm")
-
-
-def _named(base: type[Any], name: str) -> type[Any]:
-    cls: type[Any] = type(name, (base,), {"name": name})
-    return cls
-
-
-@dataclasses.dataclass
-class Seen:
-    """What the caller saw."""
-
-    text: str = ""
-    chunks: list[chatkit.ChatCompletionChunk] = dataclasses.field(default_factory=list)
-    error: BaseException | None = None
-    resumes: list[chatkit.ResumeRecord] = dataclasses.field(default_factory=list)
-    attempts: list[chatkit.Attempt] = dataclasses.field(default_factory=list)
-    final: chatkit.ChatCompletion | None = None
-
-    @property
-    def delivered(self) -> str:
-        return "".join(c.choices[0].delta.content or "" for c in self.chunks if c.choices)
-
-
-def _ask_sync(provider: Any, options: dict[str, Any], create: dict[str, Any]) -> Seen:
-    seen = Seen()
-    with Client(provider, timeout=FAST, **options) as client:
-        stream = client.chat.completions.create(stream=True, **create)
-        try:
-            for chunk in stream:
-                seen.chunks.append(chunk)
-        except chatkit.ChatkitError as exc:
-            seen.error = exc
-        seen.text, seen.resumes, seen.attempts = stream.text, stream.resumes, stream.attempts
-        seen.final = stream.get_final_completion()
-    return seen
-
-
-async def ask(
-    kind: str,
-    provider: Any,
-    *,
-    options: dict[str, Any] | None = None,
-    messages_override: list[dict[str, Any]] | None = None,
-    **create: Any,
-) -> Seen:
-    """One streamed call through the async or the sync client, resume on by default."""
-    options = {"resume": True, "max_retries": 0, **(options or {})}
-    create["messages"] = messages_override or MESSAGES
-    if kind == "sync":
-        return await anyio.to_thread.run_sync(_ask_sync, provider, options, create)
-    seen = Seen()
-    async with AsyncClient(provider, timeout=FAST, **options) as client:
-        stream = client.chat.completions.create(stream=True, **create)
-        try:
-            async for chunk in stream:
-                seen.chunks.append(chunk)
-        except chatkit.ChatkitError as exc:
-            seen.error = exc
-        seen.text, seen.resumes, seen.attempts = stream.text, stream.resumes, stream.attempts
-        seen.final = stream.get_final_completion()
-    return seen
-
-
-@contextlib.contextmanager
-def threaded(server: FakeOpenAIServer) -> Iterator[FakeOpenAIServer]:
-    with server.run_in_thread() as running:
-        yield running
-
-
-def anthropic_at(server: FakeOpenAIServer) -> Anthropic:
-    return Anthropic(api_key="sk-ant-test", base_url=server.base_url)
-
-
-def vllm_at(server: FakeOpenAIServer, cls: type[Any] = VLLM) -> Any:
-    return cls(base_url=server.base_url, default_model="fake-model")
 
 
 # -- the caller's text is the uninterrupted answer -----------------------------------
@@ -169,7 +93,7 @@ async def test_trailing_whitespace_is_kept_out_of_the_prefill_and_not_repeated(k
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_the_final_completion_is_one_message(kind: str) -> None:
-    with threaded(FakeOpenAIServer(Behavior(text=TEXT, resume_echo=1))) as server:
+    with threaded(FakeOpenAIServer(Behavior(text=TEXT, resume_echo=2))) as server:
         server.script(Behavior(text=TEXT, drop_after=4), Behavior(text=TEXT, drop_after=5))
         seen = await ask(kind, vllm_at(server))
     assert seen.error is None and len(seen.resumes) == 2
@@ -321,7 +245,7 @@ async def test_more_than_one_choice_is_not_resumed() -> None:
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("same_only", [True, False])
 async def test_same_provider_only_with_a_retry_provider(kind: str, same_only: bool) -> None:
-    first, second = _named(VLLM, "vllm-a"), _named(VLLM, "vllm-b")
+    first, second = named(VLLM, "vllm-a"), named(VLLM, "vllm-b")
     with (
         threaded(FakeOpenAIServer(Behavior(text=TEXT))) as a,
         threaded(FakeOpenAIServer(Behavior(text=TEXT, resume_echo=2))) as b,
@@ -597,47 +521,12 @@ async def test_continue_flags_only_where_declared_and_extra_body_wins() -> None:
     assert bodies[2]["continue_final_message"] is False
 
 
-class _Scripted:
-    """A third-party provider answering each request with the next script:
-    its words, then a finishing chunk unless ``finish`` is False, or a reset."""
-
-    name = "Scripted"
-    capabilities = Capabilities(continue_message=True)
-
-    def __init__(self, *scripts: tuple[list[str], str]) -> None:
-        self.scripts = list(scripts)
-        self.requests: list[chatkit.ChatRequest] = []
-
-    async def stream(self, request: chatkit.ChatRequest, http: Any) -> AsyncIterator[Any]:
-        self.requests.append(request)
-        words, end = self.scripts.pop(0)
-        chunks = [{"content": word} for word in words]
-        for delta in chunks:
-            yield _chunk(delta, None)
-        if end == "reset":
-            raise chatkit.APIConnectionError("Scripted: connection reset", provider=self.name)
-        if end == "finish":
-            yield _chunk({}, "stop")
-
-
-def _chunk(delta: dict[str, Any], finish: str | None) -> chatkit.ChatCompletionChunk:
-    return chatkit.ChatCompletionChunk.model_validate(
-        {
-            "id": "scripted",
-            "created": 1,
-            "model": "scripted",
-            "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
-    )
-
-
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("end", ["finish", "end"])
 async def test_a_continuation_that_only_repeats_adds_nothing(kind: str, end: str) -> None:
     # The continuation repeats " three" and stops: with a finishing chunk, or
     # (a lax server) without one, while the seam still held the repeat.
-    provider = _Scripted((["One", " two", " three"], "reset"), ([" two", " three"], end))
+    provider = Scripted((["One", " two", " three"], "reset"), ([" two", " three"], end))
     seen = await ask(kind, provider)
     assert seen.error is None
     assert seen.text == "One two three"
@@ -648,7 +537,7 @@ async def test_a_continuation_that_only_repeats_adds_nothing(kind: str, end: str
 async def test_held_text_is_handed_on_when_a_continuation_ends_without_finishing(
     kind: str,
 ) -> None:
-    provider = _Scripted((["One", " two", " three"], "reset"), ([" two", " thre"], "end"))
+    provider = Scripted((["One", " two", " three"], "reset"), ([" two", " thre"], "end"))
     seen = await ask(kind, provider)
     assert seen.error is None
     assert seen.text == "One two three two thre"
@@ -685,11 +574,23 @@ def test_prefilled_messages() -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_nested_retry_provider_resumes_on_its_leaf(kind: str) -> None:
-    with threaded(FakeOpenAIServer(Behavior(text=TEXT, resume_echo=1))) as server:
+    with threaded(FakeOpenAIServer(Behavior(text=TEXT, resume_echo=2))) as server:
         server.script(Behavior(text=TEXT, drop_after=6))
-        inner = chatkit.RetryProvider([vllm_at(server, _named(VLLM, "inner-vllm"))])
+        inner = chatkit.RetryProvider([vllm_at(server, named(VLLM, "inner-vllm"))])
         outer = chatkit.IterListProvider([inner], shuffle=False)
         seen = await ask(kind, outer)
     assert seen.error is None and seen.text == TEXT
     assert seen.resumes[0].provider == "inner-vllm"
     assert [a.provider for a in seen.attempts] == ["inner-vllm", "inner-vllm"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_one_short_word_echo_is_kept_as_it_may_be_real_text(kind: str) -> None:
+    # The price of never cutting real text at the seam (docs/resilience.md).
+    with threaded(FakeAnthropicServer(Behavior(text=TEXT, resume_echo=1))) as server:
+        server.script(Behavior(text=TEXT, drop_after=6))
+        seen = await ask(kind, anthropic_at(server), model="claude-fake")
+    prefill = "The quick brown fox jumps over"
+    assert seen.error is None
+    assert seen.text == seen.delivered == prefill + " over" + TEXT[len(prefill) :]
+    assert seen.resumes[0].overlap == 0

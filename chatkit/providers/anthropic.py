@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from chatkit._config import is_number
 from chatkit._errors import (
+    APIError,
     APIStatusError,
     InvalidRequestError,
     ResponseDecodeError,
@@ -142,6 +143,14 @@ class _ResponseReader:
         self.tool_index: dict[int, int] = {}  # content block index -> tool call ordinal
         self.finished = False
         self.stopped = False
+
+    def tell_partial_usage(self, error: APIError) -> None:
+        """A stream broke off after message_start: what is known of its usage,
+        the prompt tokens, as ``error.partial_usage`` (the completion tokens
+        are not known: 0, not counted; see ``chatkit._resume``)."""
+        if self.start_usage is not None and not self.finished:
+            known = {k: v for k, v in self.start_usage.items() if k != "output_tokens"}
+            error.partial_usage = _usage(known)  # type: ignore[attr-defined]
 
     def chunk(
         self,
@@ -382,25 +391,31 @@ class Anthropic(HTTPProvider):
     async def stream(
         self, request: ChatRequest, http: HTTPCall
     ) -> AsyncIterator[ChatCompletionChunk]:
-        async with self._open(http, request, stream=True) as response:
-            check_stream_type(response, self.name, "sse")
-            reader = _ResponseReader(self.name, response.headers.get("request-id"))
-            async for events, tail in sse_batches(response, self.name):
-                for event in events:
-                    try:
-                        chunk = reader.read_event(event)
-                    except ResponseDecodeError as exc:
-                        # An unterminated last event that does not parse was
-                        # torn by a truncated body: a connection failure.
-                        if tail:
-                            raise truncated(self.name) from exc
-                        raise
-                    if chunk is not None:
-                        yield chunk
-                    if reader.stopped:
-                        return
-        if not reader.finished:
-            raise stream_ended_early(self.name, "message_stop")
+        reader: _ResponseReader | None = None
+        try:
+            async with self._open(http, request, stream=True) as response:
+                check_stream_type(response, self.name, "sse")
+                reader = _ResponseReader(self.name, response.headers.get("request-id"))
+                async for events, tail in sse_batches(response, self.name):
+                    for event in events:
+                        try:
+                            chunk = reader.read_event(event)
+                        except ResponseDecodeError as exc:
+                            # An unterminated last event that does not parse was
+                            # torn by a truncated body: a connection failure.
+                            if tail:
+                                raise truncated(self.name) from exc
+                            raise
+                        if chunk is not None:
+                            yield chunk
+                        if reader.stopped:
+                            return
+            if not reader.finished:
+                raise stream_ended_early(self.name, "message_stop")
+        except APIError as exc:
+            if reader is not None:
+                reader.tell_partial_usage(exc)
+            raise
 
     async def complete(self, request: ChatRequest, http: HTTPCall) -> ChatCompletion:
         async with self._open(http, request, stream=False) as response:
