@@ -32,13 +32,12 @@ from chatkit import (
     Timeout,
 )
 from chatkit._proxy import ProxySettings, ProxyURL
+from chatkit._sockets import close_sockets, connections
 from chatkit._transport import (
     HTTPCall,
     RedactedCause,
     Transport,
-    _close_sockets,
     _socks_connector,
-    connections,
 )
 from chatkit.providers import OpenAI
 from chatkit.testing import Behavior, FakeOpenAIServer, start_pproxy
@@ -624,7 +623,7 @@ def test_aiohttp_internals_that_are_gone_fail_loudly() -> None:
             self._acquired: set[object] = set()
 
     with pytest.raises(RuntimeError, match=r"socket transport.*_sock"):
-        _close_sockets(Connector())  # type: ignore[arg-type]
+        close_sockets(Connector())  # type: ignore[arg-type]
 
 
 @pytest.mark.anyio

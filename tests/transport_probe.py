@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from chatkit._transport import Transport, connections
+from chatkit._sockets import connections
+from chatkit._transport import Transport
 
 
 def open_connections(transport: Transport) -> int:
