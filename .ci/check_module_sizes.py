@@ -17,7 +17,7 @@ ALLOWED = {
     # The only module allowed to import aiohttp (an import-linter contract),
     # so its error translation cannot simply move to a sibling module; the
     # split is a package chatkit/_transport/ (sessions, call, errors).
-    "chatkit/_transport.py": 745,
+    "chatkit/_transport.py": 770,
 }
 
 

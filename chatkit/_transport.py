@@ -111,6 +111,7 @@ class HTTPResponse:
         self._provider = provider
         self._proxy = proxy
         self._permit = permit
+        self._loop = asyncio.get_running_loop()
         self.status: int = raw.status
         self.headers: Mapping[str, str] = raw.headers
 
@@ -172,6 +173,19 @@ class HTTPResponse:
         if self._permit is not None:
             self._permit.release_soon()
 
+    def interrupt(self) -> None:
+        """Fail a read in progress, then drop the connection (on the response's loop).
+
+        aiohttp's session close drops the connections in use without telling
+        the bodies reading from them, so a read already waiting would wait
+        forever; here it fails, and ``translate`` names the closed client.
+        """
+        import aiohttp
+
+        if not self._raw.content.is_eof():
+            self._raw.content.set_exception(aiohttp.ClientConnectionError("the client was closed"))
+        self.close()
+
 
 @dataclass
 class _LoopSessions:
@@ -191,6 +205,8 @@ class Transport:
         self.proxy = proxy or ProxySettings()
         self.limits = limits
         self._per_loop: dict[int, _LoopSessions] = {}
+        # Every call's responses not yet released, for aclose() to interrupt.
+        self._responses: set[HTTPResponse] = set()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -261,6 +277,12 @@ class Transport:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:  # pragma: no cover - aclose is always awaited
             loop = None
+        for response in list(self._responses):
+            if response._loop is loop:
+                response.interrupt()
+            elif not response._loop.is_closed():
+                response._loop.call_soon_threadsafe(response.interrupt)
+        self._responses.clear()
         for slot in list(self._per_loop.values()):
             for session in slot.sessions.values():
                 if slot.loop is loop:
@@ -426,6 +448,7 @@ class HTTPCall:
             raw, permit = await self._send(method, url, body, send_headers, params, proxy, provider)
             response = HTTPResponse(raw, self, provider, proxy, permit)
             self._open.add(response)
+            self._transport._responses.add(response)
             try:
                 target = redirect_target(
                     raw.status,
@@ -444,6 +467,7 @@ class HTTPCall:
                     return
             finally:
                 self._open.discard(response)
+                self._transport._responses.discard(response)
                 # Unread or partly read bodies are dropped, not drained: closing
                 # is what lets the server see the disconnect promptly.
                 if raw.content.is_eof() and not raw.closed:
