@@ -428,9 +428,14 @@ class RetryingCall(HealthChecks):
 
     async def complete(self) -> ChatCompletion:
         completion = await self._run(self._complete_once)
-        completion._attempts = self.attempts
+        attempts = completion._attempts = self.attempts
         if self.prices is not None:
-            completion._cost = self.prices.completion_cost(completion)
+            # completion_cost(completion) with the attempts at hand: reading
+            # them back through the model's private-attribute property costs
+            # 2-4 us a call (pydantic's __getattr__), the whole pricing 1.8.
+            completion._cost = self.prices.call_cost(
+                completion.provider, completion.model, completion.usage, attempts
+            )
         return completion
 
     async def _complete_once(
