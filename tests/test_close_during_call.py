@@ -69,7 +69,7 @@ async def test_closing_the_client_ends_a_stream_waiting_for_its_first_content() 
 
 
 async def test_closing_the_client_ends_a_non_streamed_body_half_sent() -> None:
-    release = asyncio.Event()
+    release, sent = asyncio.Event(), asyncio.Event()
 
     async def half_a_body(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(
@@ -77,13 +77,17 @@ async def test_closing_the_client_ends_a_non_streamed_body_half_sent() -> None:
         )
         await response.prepare(request)
         await response.write(b'{"id": "chatcmpl-1", "object": "chat.completion", ')
+        sent.set()
         await release.wait()
         return response
 
     async with chat_route(half_a_body) as base_url:
         client = AsyncClient(provider=OpenAI(base_url=base_url, api_key="sk-test"), max_retries=0)
         call = asyncio.create_task(client.chat.completions.create(messages=MESSAGES, model="m"))
-        for _ in range(200):  # until the body has started to arrive (no timer)
+        await sent.wait()
+        # A few loop turns for the client to take the head and wait on the
+        # body; were it still before the head, it must fail the same way.
+        for _ in range(20):
             await asyncio.sleep(0)
         await client.aclose()
         try:
