@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import pytest
 from pydantic import BaseModel, Discriminator, Field, GetCoreSchemaHandler, Tag
 from pydantic_core import core_schema
+from structured_support import grows
 
 import chatkit
 from chatkit import ContentRefusedError, ParsedChatCompletion, pydantic_function_tool
@@ -44,24 +45,6 @@ class GetWeather(BaseModel):
 
 def pieces(text: str, size: int = 4) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
-
-
-def grows(before: Any, after: Any) -> bool:
-    """``after`` holds all ``before`` held, the same or longer (strings, lists, models)."""
-    if isinstance(before, BaseModel):
-        if not isinstance(after, type(before)):
-            return False
-        fields = before.model_fields_set
-        return fields <= after.model_fields_set and all(
-            grows(getattr(before, name), getattr(after, name)) for name in fields
-        )
-    if isinstance(before, str):
-        return isinstance(after, str) and after.startswith(before)
-    if isinstance(before, list):
-        if not isinstance(after, list) or len(after) < len(before):
-            return False
-        return all(grows(old, new) for old, new in zip(before, after, strict=False))
-    return before is None or before == after
 
 
 def bounded(action: Callable[[], Any], seconds: float = 10.0) -> Any:
