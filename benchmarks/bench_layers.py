@@ -13,12 +13,18 @@ machine); the medians over the rounds. Streaming, one stream of
 - ``SSEDecoder.feed_messages`` over the same reads, nothing parsed;
 - the decoder plus ``ChatCompletionChunk`` ``validate_json`` per event: the
   floor of any client that hands out validated models;
+- the same with the models built in Python from the first content chunk
+  (a copy of its three models with the new text): a fast path that was
+  tried and rejected, kept here so that the figure can be checked;
 - ``OpenAI.stream`` (the provider alone, on a bare ``HTTPCall``);
 - ``AsyncClient`` (everything: the retry layer, the stream object).
 
 Non-streamed, ``--requests`` requests 100 at a time: raw aiohttp + json; the
+floor of any chatkit call (raw aiohttp, plus the caller's request checked
+before I/O and the answer validated into a ``ChatCompletion``); the
 transport (``HTTPCall.open`` + read + ``json.loads``), with chatkit's default
 timeouts and with none; the provider (``OpenAI.complete``); ``AsyncClient``.
+The ratios at the end are rates (the other time over chatkit's).
 See docs/benchmarks.md.
 """
 
@@ -40,6 +46,52 @@ from contenders import API_KEY, MESSAGES, MODEL
 from measure import behavior, fake_server
 
 Layer = Callable[[], Awaitable[int]]
+
+
+class TemplateCopies:
+    """The rejected fast path: after one content chunk validated by pydantic,
+    a later event that differs from it only inside the content string gets a
+    copy of its three models, built in Python, with the new text.
+
+    Correct only for this benchmark's stream (it checks the bytes around the
+    text, not a whole chunk's shape); it measures what building the models in
+    Python costs against pydantic-core building them from the JSON.
+    """
+
+    def __init__(self) -> None:
+        import re
+
+        self._unsafe = re.compile(r'["\\\x00-\x1f]').search
+        self._template: Any = None
+        self._prefix = self._suffix = ""
+
+    def learn(self, text: str, chunk: Any) -> None:
+        if self._template is None and chunk.choices and chunk.choices[0].delta.content:
+            start = text.index('"content":"') + len('"content":"')
+            self._prefix, self._suffix = text[:start], text[text.index('"', start) + 1 :]
+            self._template = chunk
+
+    def copy(self, text: str) -> Any:
+        prefix, suffix = self._prefix, self._suffix
+        if self._template is None or not (text.startswith(prefix) and text.endswith(suffix)):
+            return None
+        content = text[len(prefix) : len(text) - len(suffix)]
+        if self._unsafe(content):
+            return None
+        chunk = self._template
+        choice = chunk.choices[0]
+        delta = _copy(choice.delta, content=content)
+        return _copy(chunk, choices=[_copy(choice, delta=delta)])
+
+
+def _copy(model: Any, **changes: Any) -> Any:
+    new = object.__new__(type(model))
+    set_slot = object.__setattr__
+    set_slot(new, "__dict__", {**model.__dict__, **changes})
+    set_slot(new, "__pydantic_fields_set__", set(model.__pydantic_fields_set__))
+    set_slot(new, "__pydantic_extra__", {})
+    set_slot(new, "__pydantic_private__", None)
+    return new
 
 
 async def _stream_layers(base_url: str, chunks: int, stack: Any) -> dict[str, Layer]:
@@ -80,7 +132,7 @@ async def _stream_layers(base_url: str, chunks: int, stack: Any) -> dict[str, La
                     count += bool(choices and choices[0]["delta"].get("content"))
         return count
 
-    async def decoded(typed: bool) -> int:
+    async def decoded(typed: bool, copies: TemplateCopies | None = None) -> int:
         count = 0
         decoder = SSEDecoder()
         async with session.post(url, data=body, headers=raw_headers) as resp:
@@ -89,7 +141,12 @@ async def _stream_layers(base_url: str, chunks: int, stack: Any) -> dict[str, La
                     if not typed or event == "[DONE]":
                         count += event != "[DONE]"
                         continue
-                    chunk = validate(event)
+                    assert isinstance(event, str)
+                    chunk = copies.copy(event) if copies is not None else None
+                    if chunk is None:
+                        chunk = validate(event)
+                        if copies is not None:
+                            copies.learn(event, chunk)
                     count += bool(chunk.choices and chunk.choices[0].delta.content)
         # Untyped, every event counts: the role and finish chunks are two more.
         return count if typed else count - 2
@@ -116,6 +173,7 @@ async def _stream_layers(base_url: str, chunks: int, stack: Any) -> dict[str, La
         "limit: raw reads + split + orjson": limit,
         "SSEDecoder.feed_messages only": lambda: decoded(False),
         "SSEDecoder + validate_json": lambda: decoded(True),
+        "  models copied in Python (rejected)": lambda: decoded(True, TemplateCopies()),
         "OpenAI.stream (provider)": provider_only,
         "AsyncClient (everything)": everything,
     }
@@ -128,6 +186,7 @@ async def _request_layers(base_url: str, stack: Any) -> dict[str, Layer]:
     from chatkit._config import Timeout
     from chatkit._request import build_request
     from chatkit._transport import Transport
+    from chatkit._types import ChatCompletion
     from chatkit.providers import OpenAI
 
     url = base_url + "/chat/completions"
@@ -146,9 +205,20 @@ async def _request_layers(base_url: str, stack: Any) -> dict[str, Layer]:
     request = build_request(model=MODEL, messages=MESSAGES, stream=False, params={})
     untimed = Timeout(connect=None, read=None, total=None)
 
+    validate = ChatCompletion.__pydantic_validator__.validate_json
+
     async def raw() -> int:
         async with session.post(url, data=body, headers=headers) as resp:
             return len(json.loads(await resp.read())["choices"])
+
+    async def floor() -> int:
+        # What every chatkit call does beyond raw aiohttp, by contract: the
+        # caller's request checked (and copied) before any I/O, and the
+        # answer handed back as a validated ChatCompletion.
+        checked = build_request(model=MODEL, messages=MESSAGES, stream=False, params={})
+        data = {"model": checked.model, "messages": checked.messages, "stream": False}
+        async with session.post(url, data=json.dumps(data).encode(), headers=headers) as resp:
+            return len(validate(await resp.read()).choices)
 
     async def transport_only(limits: Timeout | None) -> int:
         http = transport.call() if limits is None else transport.call(timeout=limits)
@@ -163,6 +233,7 @@ async def _request_layers(base_url: str, stack: Any) -> dict[str, Layer]:
 
     return {
         "raw aiohttp + json": raw,
+        "floor: + request check + typed answer": floor,
         "+ HTTPCall.open (transport)": lambda: transport_only(None),
         "  the same without any timeout": lambda: transport_only(untimed),
         "+ OpenAI.complete (provider)": provider_only,
@@ -214,6 +285,25 @@ async def _run(base_url: str, args: argparse.Namespace) -> None:
     print(f"{args.requests} requests, 100 at a time: CPU µs per request, median (min)")
     for name, values in per_request.items():
         print(f"  {name:40}{statistics.median(values):7.0f} ({min(values):.0f})")
+    print("rates against the reference, median of the per-round ratios (range):")
+    for name, reference, results in (
+        ("AsyncClient stream / limit", "limit: raw reads + split + orjson", per_chunk),
+        ("decode + validate / limit", "limit: raw reads + split + orjson", per_chunk),
+        ("floor / raw aiohttp", "raw aiohttp + json", per_request),
+        ("AsyncClient / raw aiohttp", "raw aiohttp + json", per_request),
+    ):
+        measured = results[_RATIO_OF[name]]
+        ratios = [ref / got for ref, got in zip(results[reference], measured, strict=True)]
+        low, high = min(ratios), max(ratios)
+        print(f"  {name:40}{statistics.median(ratios):6.2f}x ({low:.2f}-{high:.2f})")
+
+
+_RATIO_OF = {
+    "AsyncClient stream / limit": "AsyncClient (everything)",
+    "decode + validate / limit": "SSEDecoder + validate_json",
+    "floor / raw aiohttp": "floor: + request check + typed answer",
+    "AsyncClient / raw aiohttp": "AsyncClient (everything)",
+}
 
 
 def main() -> int:

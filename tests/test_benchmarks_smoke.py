@@ -131,5 +131,26 @@ def test_the_layers_benchmark_runs_and_checks_its_counts() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    for name in ("limit: raw reads", "validate_json", "AsyncClient (everything)", "transport"):
+    for name in (
+        "limit: raw reads",
+        "validate_json",
+        "models copied in Python",
+        "AsyncClient (everything)",
+        "floor: + request check",
+        "transport",
+        "floor / raw aiohttp",
+    ):
+        assert name in done.stdout
+
+
+def test_the_sync_benchmark_runs_and_reports_each_thread() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_sync.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    for name in ("chatkit async", "chatkit sync", "caller thread", "sync rate / async rate"):
         assert name in done.stdout
