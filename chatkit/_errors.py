@@ -49,6 +49,7 @@ from chatkit._public import public
 
 if TYPE_CHECKING:
     from chatkit._attempt import Attempt
+    from chatkit._usage import CompletionUsage
 
 __all__ = [
     "APIConnectionError",
@@ -161,7 +162,14 @@ class APIError(ChatkitError):
 
     ``attempts``: when this error ended a call, every attempt the call made
     (``chatkit.Attempt``), this one's included; empty until then.
+
+    ``partial_usage``: for a stream that broke off, the part of its usage the
+    provider had reported before the break (Anthropic's prompt tokens from
+    ``message_start``; the completion tokens are then 0, not counted), or
+    None. A resumed stream adds it up (``ResumeRecord.broken_usage``).
     """
+
+    partial_usage: CompletionUsage | None = None
 
     def __init__(self, message: str, *, provider: str | None = None) -> None:
         super().__init__(message)

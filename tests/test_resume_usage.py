@@ -154,3 +154,13 @@ def test_plus_sums_details_field_by_field_and_keeps_one_sided_ones() -> None:
     # Neither input is changed.
     assert before.prompt_tokens_details is not None
     assert before.prompt_tokens_details.cached_tokens == 3
+
+
+def test_every_api_error_declares_partial_usage() -> None:
+    """Declared on the class: code may read it from any provider's error."""
+    for error in (
+        chatkit.APIError("x"),
+        chatkit.StreamInterrupted("x", partial_text=""),
+        chatkit.RateLimitError("x", status_code=429),
+    ):
+        assert error.partial_usage is None

@@ -150,7 +150,7 @@ class _ResponseReader:
         are not known: 0, not counted; see ``chatkit._resume``)."""
         if self.start_usage is not None and not self.finished:
             known = {k: v for k, v in self.start_usage.items() if k != "output_tokens"}
-            error.partial_usage = _usage(known)  # type: ignore[attr-defined]
+            error.partial_usage = _usage(known)
 
     def chunk(
         self,
