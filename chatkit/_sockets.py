@@ -1,8 +1,8 @@
 """Reading an aiohttp connector's connections, and closing the sockets of a dead loop's.
 
-Moved out of ``_transport`` (which stays the only module importing aiohttp):
+Moved out of ``_transport`` (which stays the only package importing aiohttp):
 these read private attributes of aiohttp's connector and asyncio's transports
-by name, so they need no import of either. ``_transport`` re-exports them.
+by name, so they need no import of either. ``_transport._sessions`` uses them.
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@ from chatkit import (
     ResponseTooLargeError,
     Timeout,
 )
-from chatkit import _transport as transport_module
 from chatkit._transport import MAX_ERROR_BODY_SIZE, HTTPCall, Transport
+from chatkit._transport import _response as transport_module  # reads MAX_BODY_SIZE
 from chatkit.providers import OpenAI
 
 KEY = "sk-hardening-secret-0123456789"

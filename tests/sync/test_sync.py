@@ -218,7 +218,7 @@ def test_error_status_keeps_its_type_and_the_original_frames(
         client.chat.completions.create(messages=HELLO, stream=stream)
     assert caught.value.status_code == 401
     # Raised on the loop thread, in the transport; re-raised here, in this test.
-    assert raised_in(caught.value, "_transport.py")
+    assert raised_in(caught.value, "_transport/_call.py")
     assert any(name.endswith("tests/sync/test_sync.py") for name in frames(caught.value))
 
 
