@@ -109,28 +109,27 @@ def test_bad_sizes_are_refused_before_any_work() -> None:
     assert "--long-chunks" in result.stderr
 
 
-def test_the_hooks_benchmark_runs_and_prints_every_contender() -> None:
+def _run_benchmark(script: str, *args: str) -> str:
+    """Run ``benchmarks/<script>`` with ``args``; its output, after checking it succeeded."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_hooks.py"), "--quick"],
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
     assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_hooks_benchmark_runs_and_prints_every_contender() -> None:
+    out = _run_benchmark("bench_hooks.py", "--quick")
     for name in ("raw aiohttp+json", "chatkit async", "no-op hook", "LoggingHook"):
-        assert name in done.stdout
+        assert name in out
 
 
 def test_the_layers_benchmark_runs_and_checks_its_counts() -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_layers.py"), "--quick", "--rounds", "1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    out = _run_benchmark("bench_layers.py", "--quick", "--rounds", "1")
     for name in (
         "limit: raw reads",
         "validate_json",
@@ -140,17 +139,10 @@ def test_the_layers_benchmark_runs_and_checks_its_counts() -> None:
         "transport",
         "floor / raw aiohttp",
     ):
-        assert name in done.stdout
+        assert name in out
 
 
 def test_the_sync_benchmark_runs_and_reports_each_thread() -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_sync.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    out = _run_benchmark("bench_sync.py", "--quick")
     for name in ("chatkit async", "chatkit sync", "caller thread", "sync rate / async rate"):
-        assert name in done.stdout
+        assert name in out
