@@ -126,13 +126,21 @@ class Scripted:
             yield chunk({}, "stop")
 
 
-def chunk(delta: dict[str, Any], finish: str | None) -> chatkit.ChatCompletionChunk:
-    return chatkit.ChatCompletionChunk.model_validate(
-        {
-            "id": "scripted",
-            "created": 1,
-            "model": "scripted",
-            "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
-    )
+def chunk(
+    delta: dict[str, Any],
+    finish: str | None,
+    *,
+    id: str = "scripted",
+    model: str = "scripted",
+    usage: dict[str, Any] | None = None,
+) -> chatkit.ChatCompletionChunk:
+    wire: dict[str, Any] = {
+        "id": id,
+        "created": 1,
+        "model": model,
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    if usage is not None:
+        wire["usage"] = usage
+    return chatkit.ChatCompletionChunk.model_validate(wire)

@@ -23,6 +23,7 @@ from resume_support import (
     Scripted,
     anthropic_at,
     ask,
+    chunk,
     named,
     threaded,
     vllm_at,
@@ -299,21 +300,12 @@ class _Pieces:
         for i, word in enumerate(words):
             usage = {"prompt_tokens": 10, "completion_tokens": i + 1, "total_tokens": 11 + i}
             last = not first and i == len(words) - 1
-            yield chatkit.ChatCompletionChunk.model_validate(
-                {
-                    "id": f"piece{len(self.requests)}",
-                    "created": 1,
-                    "model": "pieces",
-                    "object": "chat.completion.chunk",
-                    "choices": [
-                        {
-                            "index": 0,
-                            "delta": {"content": word},
-                            "finish_reason": "stop" if last else None,
-                        }
-                    ],
-                    "usage": usage,
-                }
+            yield chunk(
+                {"content": word},
+                "stop" if last else None,
+                id=f"piece{len(self.requests)}",
+                model="pieces",
+                usage=usage,
             )
         if first:
             raise chatkit.APIConnectionError("Pieces: connection reset", provider="Pieces")

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from resume_support import KINDS, MESSAGES, TEXT, anthropic_at, ask, threaded, vllm_at
+from resume_support import KINDS, MESSAGES, TEXT, anthropic_at, ask, chunk, threaded, vllm_at
 
 import chatkit
 from chatkit._resume import _plus
@@ -89,20 +89,12 @@ class _Detailed:
                 "prompt_tokens_details": {"cached_tokens": 4 if first else 6},
                 "completion_tokens_details": {"reasoning_tokens": i},
             }
-            yield chatkit.ChatCompletionChunk.model_validate(
-                {
-                    "id": f"d{self.calls}",
-                    "created": 1,
-                    "model": "detailed",
-                    "choices": [
-                        {
-                            "index": 0,
-                            "delta": {"content": word},
-                            "finish_reason": "stop" if last else None,
-                        }
-                    ],
-                    "usage": usage,
-                }
+            yield chunk(
+                {"content": word},
+                "stop" if last else None,
+                id=f"d{self.calls}",
+                model="detailed",
+                usage=usage,
             )
         if first:
             raise chatkit.APIConnectionError("Detailed: connection reset", provider="Detailed")
